@@ -1,0 +1,13 @@
+"""precedents: explain a classifier's predictions by the training examples behind them.
+
+Sign convention, everywhere: a positive score means the training example *supports* the model's output for
+the test point (a proponent; RPS "excitatory"); for loss-based methods the score is the predicted increase
+of the test loss if that training example were removed.
+"""
+
+from ._validation import PrecedentsError
+from .attribution import Attribution, TopK
+from .methods import RepresenterL2, RepresenterLJE
+
+__all__ = ["Attribution", "PrecedentsError", "RepresenterL2", "RepresenterLJE", "TopK"]
+__version__ = "0.1.0"

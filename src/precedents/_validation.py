@@ -1,0 +1,51 @@
+"""Input checks shared by every estimator: each error names what was passed and how to fix it."""
+
+from __future__ import annotations
+
+import torch
+
+
+class PrecedentsError(ValueError):
+    """Raised for input that cannot be explained as given (wrong shapes, labels, models or indexes)."""
+
+
+def check_finite(name: str, values: torch.Tensor) -> None:
+    """Refuse NaN or infinite entries, naming the first offending rows."""
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        rows = bad.reshape(len(values), -1).any(dim=1).nonzero().flatten()
+        shown = ", ".join(str(int(r)) for r in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        raise PrecedentsError(
+            f"{name} contain NaN or infinite values (rows {shown}{more}). Clean or drop these examples "
+            "(or check the model for overflow) before explaining."
+        )
+
+
+def check_labels(labels: torch.Tensor, n_classes: int, n_examples: int, name: str = "y") -> torch.Tensor:
+    """Return labels as int64 class indices in [0, n_classes), or raise a clear error.
+
+    A one-output (sigmoid) head has ``n_classes == 2``: labels must be 0 or 1.
+    """
+    labels = torch.as_tensor(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise PrecedentsError(f"{name} must be a 1-D vector of class indices, got shape {tuple(labels.shape)}.")
+    if len(labels) != n_examples:
+        raise PrecedentsError(
+            f"X and {name} have different lengths: {n_examples} examples but {len(labels)} labels."
+        )
+    if labels.is_floating_point():
+        if not torch.isfinite(labels).all() or not torch.equal(labels, labels.round()):
+            raise PrecedentsError(f"{name} must hold integer class indices; got non-integer values.")
+    elif labels.dtype == torch.bool:
+        labels = labels.long()
+    labels = labels.long()
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise PrecedentsError(
+            f"{name} holds labels from {int(labels.min())} to {int(labels.max())}, but the model has "
+            f"{n_classes} classes: labels must lie in [0, {n_classes - 1}]. Map your labels to class "
+            "indices in the order of the model's outputs."
+        )
+    return labels

@@ -1,0 +1,204 @@
+"""Head view of a PyTorch classifier whose last operation is an ``nn.Linear`` layer.
+
+The head view is what every representer and last-layer method needs:
+
+* ``phi(x)``: the input of the final linear layer, with a column of ones appended when the layer has a
+  bias (so the bias lives in the weight matrix), shape ``(n, d)``;
+* ``Theta``: the layer's weight with its bias as last column, shape ``(C, d)``, so ``logits = phi(x) Theta^T``;
+* the link: ``softmax`` (cross-entropy) for ``C >= 2`` outputs, ``sigmoid`` (binary cross-entropy) for one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._validation import PrecedentsError, check_finite
+from ..data import Batches, Fingerprint, model_fingerprint
+
+log = logging.getLogger(__name__)
+
+ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class HeadFeatures:
+    """Features and outputs of a pass over a dataset.
+
+    ``features`` (n, d) float64 with the ones column; ``logits`` (n, C) the model's own outputs, float64;
+    ``labels`` (n,) int64 or None; ``fingerprint`` a SHA-256 of inputs and labels.
+    """
+
+    features: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor | None
+    fingerprint: str
+
+
+def _default_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
+class TorchHead:
+    """Adapter for an ``nn.Module`` classifier.
+
+    Parameters
+    ----------
+    model : the classifier; its forward returns logits ``(n, C)`` (or ``(n,)``/``(n, 1)`` for a sigmoid head).
+    layer : dotted name of the final ``nn.Linear`` (e.g. ``"head.fc"``); None picks the last ``nn.Linear``
+        registered in the module.
+    forward_fn : optional ``forward_fn(model, x) -> logits`` for models whose forward takes extra arguments
+        or returns tuples.
+    batch_size, progress : batching and progress bar of the feature pass.
+    """
+
+    def __init__(self, model: nn.Module, layer: str | None = None, *, forward_fn: ForwardFn | None = None,
+                 batch_size: int = 256, progress: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise PrecedentsError(
+                f"model must be a torch.nn.Module, got {type(model).__name__}. Tree ensembles and "
+                "scikit-learn models need their own adapters."
+            )
+        self.model = model
+        self.layer_name, self.layer = self._find_layer(model, layer)
+        self.forward_fn = forward_fn or _default_forward
+        self.batch_size = batch_size
+        self.progress = progress
+
+    @staticmethod
+    def _find_layer(model: nn.Module, layer: str | None) -> tuple[str, nn.Linear]:
+        modules = dict(model.named_modules())
+        if layer is None:
+            linears = [name for name, m in modules.items() if isinstance(m, nn.Linear)]
+            if not linears:
+                kinds = sorted({type(m).__name__ for m in modules.values()} - {type(model).__name__})
+                raise PrecedentsError(
+                    f"{type(model).__name__} has no nn.Linear layer (it has: {', '.join(kinds) or 'nothing'}). "
+                    "Representer and last-layer methods explain a final linear layer: give the model one, "
+                    "or name it with layer='...'."
+                )
+            name = linears[-1]
+            return name, modules[name]
+        if layer not in modules or layer == "":
+            candidates = [name for name, m in modules.items() if isinstance(m, nn.Linear)]
+            raise PrecedentsError(
+                f"{type(model).__name__} has no submodule named {layer!r}. Its nn.Linear layers are: "
+                f"{', '.join(repr(c) for c in candidates) or 'none'}."
+            )
+        module = modules[layer]
+        if not isinstance(module, nn.Linear):
+            raise PrecedentsError(
+                f"Layer {layer!r} is a {type(module).__name__}, not an nn.Linear: name the final linear layer."
+            )
+        return layer, module
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def has_bias(self) -> bool:
+        return self.layer.bias is not None
+
+    @property
+    def n_outputs(self) -> int:
+        return self.layer.out_features
+
+    @property
+    def link(self) -> str:
+        return "sigmoid" if self.n_outputs == 1 else "softmax"
+
+    @property
+    def n_classes(self) -> int:
+        return 2 if self.n_outputs == 1 else self.n_outputs
+
+    def theta(self) -> torch.Tensor:
+        """Head weights ``(C, d)`` in float64 with the bias as last column."""
+        w = self.layer.weight.detach().to(torch.float64).cpu()
+        if self.has_bias:
+            w = torch.cat([w, self.layer.bias.detach().to(torch.float64).cpu()[:, None]], dim=1)
+        return w
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.model)
+
+    def run(self, batches: Batches, *, what: str = "training") -> HeadFeatures:
+        """One pass in eval mode without gradients: features, logits, labels and a data fingerprint.
+
+        Checks that the layer's output is the model's output (the layer must be the last operation on the
+        logits) and that features are finite.
+        """
+        if batches.n_examples == 0:
+            raise PrecedentsError(f"The {what} set is empty: nothing to explain with.")
+        captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            captured.append((inputs[0].detach(), output.detach()))
+
+        handle = self.layer.register_forward_hook(hook)
+        was_training = self.model.training
+        self.model.eval()
+        feats, logits, labels = [], [], []
+        fp = Fingerprint()
+        device = self.device
+        try:
+            bar = tqdm(total=batches.n_examples, desc=f"features ({what})", unit="ex",
+                       disable=not self.progress, leave=False)
+            with torch.no_grad():
+                for x, y in batches:
+                    x = torch.as_tensor(x)
+                    fp.update(x, y)
+                    if x.is_floating_point():
+                        x = x.to(device=device, dtype=next(self.model.parameters()).dtype)
+                    else:
+                        x = x.to(device)
+                    captured.clear()
+                    out = self.forward_fn(self.model, x)
+                    out = self._check_output(out, captured, len(x))
+                    phi = captured[0][0].reshape(len(x), -1).to(torch.float64).cpu()
+                    feats.append(phi)
+                    logits.append(out.to(torch.float64).cpu())
+                    if y is not None:
+                        labels.append(torch.as_tensor(y).cpu())
+                    bar.update(len(x))
+            bar.close()
+        finally:
+            handle.remove()
+            self.model.train(was_training)
+        features = torch.cat(feats)
+        check_finite(f"Features of the {what} examples", features)
+        if self.has_bias:
+            features = torch.cat([features, torch.ones(len(features), 1, dtype=features.dtype)], dim=1)
+        return HeadFeatures(features, torch.cat(logits), torch.cat(labels) if labels else None, fp.hexdigest())
+
+    def _check_output(self, out: object, captured: list, n: int) -> torch.Tensor:
+        if isinstance(out, (tuple, list)) or not isinstance(out, torch.Tensor):
+            raise PrecedentsError(
+                f"The model returned a {type(out).__name__}, not a logits tensor. Pass "
+                "forward_fn=lambda model, x: model(x)[0] (or whatever selects the logits)."
+            )
+        if len(captured) != 1:
+            raise PrecedentsError(
+                f"Layer {self.layer_name!r} ran {len(captured)} times in one forward pass; it must run exactly "
+                "once, as the last operation on the logits."
+            )
+        layer_out = captured[0][1]
+        out2 = out.reshape(n, -1)
+        if out2.shape != layer_out.reshape(n, -1).shape or not torch.allclose(
+            out2.float(), layer_out.reshape(n, -1).float(), rtol=1e-4, atol=1e-4
+        ):
+            diff = "shapes differ" if out2.shape != layer_out.reshape(n, -1).shape else (
+                f"max difference {float((out2.float() - layer_out.reshape(n, -1).float()).abs().max()):.3g}")
+            raise PrecedentsError(
+                f"The output of layer {self.layer_name!r} is not the model's output ({diff}): the explained "
+                "layer must be the last operation on the logits. If the model ends in softmax/sigmoid or "
+                "another layer, explain a wrapper that returns the logits, or name the right layer."
+            )
+        return out2

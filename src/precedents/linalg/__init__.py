@@ -1,0 +1,25 @@
+"""Pure torch functions: the head's loss, gradients, Hessian, Hessian-vector products and solvers."""
+
+from .head import (
+    head_hessian,
+    head_hvp,
+    link_probabilities,
+    mean_loss,
+    mean_loss_gradient,
+    residuals,
+    targets_from_labels,
+)
+from .solvers import HessianSolver, conjugate_gradient, minimize_newton_cg
+
+__all__ = [
+    "HessianSolver",
+    "conjugate_gradient",
+    "head_hessian",
+    "head_hvp",
+    "link_probabilities",
+    "mean_loss",
+    "mean_loss_gradient",
+    "minimize_newton_cg",
+    "residuals",
+    "targets_from_labels",
+]

@@ -1,0 +1,93 @@
+r"""The loss of a linear head on fixed features, and its derivatives.
+
+Notation: features ``F`` (n, d), head ``Theta`` (C, d), logits ``Z = F Theta^T`` (n, C), targets ``T``
+(n, C): one-hot labels, or soft targets (probabilities). Links:
+
+* ``softmax``: ``p_i = softmax(z_i)``, loss ``l_i = -sum_c T_ic log p_ic`` (cross-entropy);
+* ``sigmoid`` (C = 1): ``p_i = sigmoid(z_i)``, loss ``l_i = -T_i log p_i - (1 - T_i) log(1 - p_i)``.
+
+For both, ``dl_i/dz_i = p_i - T_i`` (the *residual* r_i) and ``dl_i/dTheta = r_i f_i^T``. The Hessian of the
+mean loss with respect to ``vec(Theta)`` (row-major, index ``c * d + j``) is
+
+    H = (1/n) sum_i S_i (x) f_i f_i^T,   S_i = diag(p_i) - p_i p_i^T  (softmax),  p_i (1 - p_i)  (sigmoid),
+
+which for softmax is singular: adding the same vector to every class row changes no probability.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as nnf
+
+
+def link_probabilities(logits: torch.Tensor, link: str) -> torch.Tensor:
+    """Probabilities from logits: softmax over classes, or elementwise sigmoid for a one-output head."""
+    if link == "softmax":
+        return torch.softmax(logits, dim=1)
+    if link == "sigmoid":
+        return torch.sigmoid(logits)
+    raise ValueError(f"unknown link {link!r}; expected 'softmax' or 'sigmoid'")
+
+
+def targets_from_labels(labels: torch.Tensor, n_outputs: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """One-hot targets (n, C) for softmax heads, or the 0/1 label as an (n, 1) column for a sigmoid head."""
+    if n_outputs == 1:
+        return labels.to(dtype)[:, None]
+    return nnf.one_hot(labels.long(), n_outputs).to(dtype)
+
+
+def residuals(features: torch.Tensor, theta: torch.Tensor, targets: torch.Tensor, link: str) -> torch.Tensor:
+    """``r_i = p_i - T_i``: the gradient of example i's loss with respect to its logits, (n, C)."""
+    return link_probabilities(features @ theta.T, link) - targets
+
+
+def mean_loss(features: torch.Tensor, theta: torch.Tensor, targets: torch.Tensor, link: str) -> torch.Tensor:
+    """Mean cross-entropy (softmax) or binary cross-entropy (sigmoid) of the head, in nats."""
+    logits = features @ theta.T
+    if link == "softmax":
+        return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    return nnf.binary_cross_entropy_with_logits(logits, targets, reduction="mean")
+
+
+def mean_loss_gradient(features: torch.Tensor, theta: torch.Tensor, targets: torch.Tensor, link: str) -> torch.Tensor:
+    """Gradient of :func:`mean_loss` with respect to Theta: ``(1/n) sum_i r_i f_i^T``, shape (C, d)."""
+    return residuals(features, theta, targets, link).T @ features / len(features)
+
+
+def _curvature_times(probs: torch.Tensor, z: torch.Tensor, link: str) -> torch.Tensor:
+    """``S_i z_i`` for every example (and every right-hand side in a leading batch dimension of z)."""
+    if link == "softmax":
+        return probs * z - probs * (probs * z).sum(dim=-1, keepdim=True)
+    return probs * (1 - probs) * z
+
+
+def head_hvp(features: torch.Tensor, probs: torch.Tensor, v: torch.Tensor, link: str) -> torch.Tensor:
+    """Hessian-vector products ``H v`` of the mean loss, without forming H.
+
+    ``probs`` are the head's probabilities at the point of expansion (n, C); ``v`` is (C, d) or a batch
+    (k, C, d). Cost O(k n C d).
+    """
+    z = torch.einsum("nd,...cd->...nc", features, v)
+    return torch.einsum("...nc,nd->...cd", _curvature_times(probs, z, link), features) / len(features)
+
+
+def head_hessian(features: torch.Tensor, probs: torch.Tensor, link: str, block_size: int = 8192) -> torch.Tensor:
+    """The explicit Hessian (C d, C d) of the mean loss, accumulated over blocks of examples.
+
+    Uses ``sum_i S_i (x) f_i f_i^T = blockdiag_c(F^T diag(p_c) F) - Z^T Z`` with ``Z_i = p_i (x) f_i``
+    (softmax), or ``F^T diag(p(1-p)) F`` (sigmoid). Cost O(n (C d)^2).
+    """
+    n, d = features.shape
+    c = probs.shape[1]
+    hess = torch.zeros(c * d, c * d, dtype=features.dtype, device=features.device)
+    for start in range(0, n, block_size):
+        f = features[start:start + block_size]
+        p = probs[start:start + block_size]
+        if link == "sigmoid":
+            hess += (f * (p * (1 - p))).T @ f
+            continue
+        for k in range(c):
+            hess[k * d:(k + 1) * d, k * d:(k + 1) * d] += (f * p[:, k:k + 1]).T @ f
+        z = (p[:, :, None] * f[:, None, :]).reshape(len(f), c * d)
+        hess -= z.T @ z
+    return hess / n

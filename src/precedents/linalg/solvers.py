@@ -1,0 +1,266 @@
+"""Linear solvers for Hessian systems, and a Newton-CG minimiser for convex heads."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .head import head_hessian, head_hvp
+
+log = logging.getLogger(__name__)
+
+#: Above this condition number the solve amplifies tiny curvature directions: a warning is issued.
+CONDITION_WARNING = 1e6
+#: Heads with at most this many parameters (C * d) are solved exactly by eigendecomposition; larger with CG.
+MAX_EXACT_DIM = 3000
+
+Operator = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class CGResult:
+    """Solution of a batch of systems, with how well each was solved."""
+
+    solution: torch.Tensor        # (k, m)
+    iterations: int
+    relative_residual: torch.Tensor   # (k,) ||b - A x|| / ||b||
+    lanczos_eigs: torch.Tensor | None  # Ritz values of A from the first system's Lanczos tridiagonal
+
+
+def conjugate_gradient(apply: Operator, b: torch.Tensor, *, tol: float = 1e-10, max_iter: int | None = None,
+                       track_spectrum: bool = False) -> CGResult:
+    """Solve ``A x = b`` for a batch of right-hand sides ``b`` (k, m) with A symmetric positive (semi)definite.
+
+    ``apply`` maps (k, m) to (k, m). Each column stops contributing once ``||r|| <= tol ||b||``. Starting
+    from 0, iterates stay in the Krylov space of b, so for a singular A and b in its range the result is the
+    minimum-norm (pseudo-inverse) solution. With ``track_spectrum`` the Lanczos tridiagonal of the first
+    system is returned as Ritz values (its extremes estimate A's extreme eigenvalues on that Krylov space).
+    """
+    b = b.reshape(len(b), -1)
+    k, m = b.shape
+    max_iter = max_iter or 10 * m
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rs = (r * r).sum(dim=1)
+    b_norm = rs.sqrt().clamp_min(torch.finfo(b.dtype).tiny)
+    diag, off = [], []
+    prev_alpha = prev_beta = None
+    it = 0
+    for it in range(1, max_iter + 1):
+        active = rs.sqrt() > tol * b_norm
+        if not active.any():
+            it -= 1
+            break
+        ap = apply(p)
+        pap = (p * ap).sum(dim=1)
+        alpha = torch.where(active & (pap > 0), rs / torch.where(pap > 0, pap, torch.ones_like(pap)),
+                            torch.zeros_like(rs))
+        x += alpha[:, None] * p
+        r -= alpha[:, None] * ap
+        rs_new = (r * r).sum(dim=1)
+        beta = torch.where(active, rs_new / rs.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rs))
+        if track_spectrum and bool(active[0]) and float(alpha[0]) > 0:
+            a0, b0 = float(alpha[0]), float(beta[0])
+            diag.append(1 / a0 + (prev_beta / prev_alpha if prev_alpha else 0.0))
+            if prev_alpha is not None:
+                off.append(math.sqrt(max(prev_beta, 0.0)) / prev_alpha)
+            prev_alpha, prev_beta = a0, b0
+        p = r + beta[:, None] * p
+        rs = torch.where(active, rs_new, rs)
+    residual = (b - apply(x)).norm(dim=1) / b_norm
+    eigs = None
+    if track_spectrum and diag:
+        t = torch.diag(torch.tensor(diag, dtype=torch.float64))
+        if off:
+            o = torch.tensor(off[: len(diag) - 1], dtype=torch.float64)
+            t += torch.diag(o, 1) + torch.diag(o, -1)
+        eigs = torch.linalg.eigvalsh(t)
+    return CGResult(x, it, residual, eigs)
+
+
+class HessianSolver:
+    r"""Applies ``(H + damping I)^+`` for the Hessian H of a linear head's mean loss.
+
+    ``method="exact"`` eigendecomposes H in float64 once (reusable for every right-hand side); with
+    ``damping == 0`` eigenvalues below ``dim * eps * lambda_max`` are treated as the null space and dropped
+    (the Moore-Penrose pseudo-inverse: the solve happens on the range of H, which is first restricted to its
+    structural part: classes centred for softmax, and the span of the features). ``method="cg"`` runs batched
+    conjugate gradients on Hessian-vector products; with ``damping == 0`` right-hand sides are first projected
+    onto the range of H (for softmax: centred across classes; and restricted to the span of the features),
+    so CG converges to the same minimum-norm solution. ``"auto"`` is exact while ``C d <= MAX_EXACT_DIM``.
+
+    Attributes: ``condition_number`` (largest / smallest eigenvalue used; for CG the Ritz estimate),
+    ``null_dim`` (directions dropped, exact only), ``eigenvalues`` (exact only), ``last_residual``.
+    """
+
+    def __init__(self, features: torch.Tensor, probs: torch.Tensor, link: str, *, damping: float = 0.0,
+                 method: str = "auto", cg_tol: float = 1e-10, cg_max_iter: int | None = None) -> None:
+        if damping < 0:
+            raise ValueError(f"damping must be >= 0, got {damping}")
+        self.features, self.probs, self.link = features, probs, link
+        self.n_outputs = probs.shape[1]
+        self.d = features.shape[1]
+        self.dim = self.n_outputs * self.d
+        self.damping = float(damping)
+        if method == "auto":
+            method = "exact" if self.dim <= MAX_EXACT_DIM else "cg"
+        if method not in ("exact", "cg"):
+            raise ValueError(f"method must be 'auto', 'exact' or 'cg', got {method!r}")
+        self.method = method
+        self.cg_tol, self.cg_max_iter = cg_tol, cg_max_iter
+        self.last_residual: float | None = None
+        self.null_dim: int | None = None
+        self.eigenvalues: torch.Tensor | None = None
+        if method == "exact":
+            self._factorize()
+        else:
+            self._prepare_cg()
+
+    # -- exact ---------------------------------------------------------------------------------------
+    def _range_basis(self) -> torch.Tensor | None:
+        """Orthonormal basis (dim, m) of the structural range of H: classes centred (softmax) (x) feature span.
+
+        Mathematically H is zero on the complement (shared class shifts, directions no feature reaches) and
+        positive definite on this subspace whenever every probability is positive; None if nothing is dropped.
+        """
+        gram = self.features.T @ self.features
+        evals, evecs = torch.linalg.eigh((gram + gram.T) / 2)
+        feature_basis = evecs[:, evals > self.d * torch.finfo(torch.float64).eps * float(evals.max())]
+        if self.link == "softmax":
+            c = self.n_outputs
+            centring = torch.eye(c, dtype=torch.float64) - 1.0 / c
+            class_basis = torch.linalg.eigh(centring)[1][:, 1:]           # drop the all-ones direction
+        else:
+            class_basis = torch.ones(1, 1, dtype=torch.float64)
+        if feature_basis.shape[1] == self.d and class_basis.shape[1] == self.n_outputs:
+            return None
+        feature_basis = feature_basis.to(torch.float64)
+        kron = class_basis[:, None, :, None] * feature_basis[None, :, None, :]   # (C, d, C', r)
+        return kron.reshape(self.dim, class_basis.shape[1] * feature_basis.shape[1])
+
+    def _factorize(self) -> None:
+        hess = head_hessian(self.features, self.probs, self.link)
+        hess = (hess + hess.T) / 2
+        basis = self._range_basis() if self.damping == 0 else None
+        if basis is not None:
+            hess = basis.T @ hess @ basis
+        evals, evecs = torch.linalg.eigh((hess + hess.T) / 2)
+        evals = evals + self.damping
+        top = float(evals.max().clamp_min(0))
+        keep = evals > len(evals) * torch.finfo(torch.float64).eps * top
+        if not keep.any():
+            raise ValueError("The head's Hessian is zero: every training example is fit with certainty.")
+        self.eigenvalues = evals
+        self.null_dim = self.dim - int(keep.sum())
+        self._evecs = evecs[:, keep] if basis is None else basis @ evecs[:, keep]
+        self._inv = 1.0 / evals[keep]
+        self.condition_number = float(evals[keep].max() / evals[keep].min())
+
+    # -- cg ------------------------------------------------------------------------------------------
+    def _prepare_cg(self) -> None:
+        self._basis = None
+        if self.damping == 0:
+            gram = self.features.T @ self.features
+            evals, evecs = torch.linalg.eigh((gram + gram.T) / 2)
+            keep = evals > self.d * torch.finfo(torch.float64).eps * float(evals.max())
+            if not keep.all():
+                self._basis = evecs[:, keep]
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.randn(1, self.dim, generator=generator, dtype=torch.float64).to(self.features.device)
+        spectrum = conjugate_gradient(self._apply, self._project(probe), tol=1e-6,
+                                      max_iter=min(200, self.dim), track_spectrum=True).lanczos_eigs
+        if spectrum is not None and len(spectrum):
+            positive = spectrum[spectrum > 0]
+            self.condition_number = float(positive.max() / positive.min()) if len(positive) else math.inf
+        else:
+            self.condition_number = math.nan
+
+    def _apply(self, v: torch.Tensor) -> torch.Tensor:
+        v3 = v.reshape(len(v), self.n_outputs, self.d)
+        out = head_hvp(self.features, self.probs, v3, self.link).reshape(len(v), -1)
+        return out + self.damping * v if self.damping else out
+
+    def _project(self, b: torch.Tensor) -> torch.Tensor:
+        if self.damping:
+            return b
+        b3 = b.reshape(len(b), self.n_outputs, self.d)
+        if self.link == "softmax":
+            b3 = b3 - b3.mean(dim=1, keepdim=True)
+        if self._basis is not None:
+            b3 = (b3 @ self._basis) @ self._basis.T
+        return b3.reshape(len(b), -1)
+
+    # -- public --------------------------------------------------------------------------------------
+    def solve(self, b: torch.Tensor) -> torch.Tensor:
+        """``(H + damping I)^+ b`` for a batch ``b`` of shape (k, C, d) or (k, C d); same shape back."""
+        shape = b.shape
+        flat = b.reshape(shape[0], -1).to(torch.float64)
+        if self.method == "exact":
+            x = ((flat @ self._evecs) * self._inv) @ self._evecs.T
+            self.last_residual = 0.0
+        else:
+            res = conjugate_gradient(self._apply, self._project(flat), tol=self.cg_tol,
+                                     max_iter=self.cg_max_iter)
+            x = res.solution
+            worst = float(res.relative_residual.max()) if len(flat) else 0.0
+            self.last_residual = worst
+            if worst > max(1e3 * self.cg_tol, 1e-6):
+                warnings.warn(
+                    f"Conjugate gradients did not converge: relative residual {worst:.2e} after "
+                    f"{res.iterations} iterations. Raise cg_max_iter or add damping.", RuntimeWarning,
+                    stacklevel=2)
+        return x.reshape(shape)
+
+
+@dataclass
+class NewtonResult:
+    solution: torch.Tensor
+    gradient_norm: float
+    iterations: int
+    converged: bool
+
+
+def minimize_newton_cg(objective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                       hvp_at: Callable[[torch.Tensor], Operator], x0: torch.Tensor, *, gtol: float = 1e-10,
+                       max_iter: int = 100) -> NewtonResult:
+    """Minimise a smooth strictly convex function by truncated Newton with Armijo backtracking.
+
+    ``objective(x) -> (value, gradient)``; ``hvp_at(x)`` returns ``v -> H(x) v`` for batches (k, *x.shape).
+    Stops when ``||grad|| <= gtol * max(1, ||grad(x0)||)``. Converges quadratically near the optimum, so the
+    final gradient reaches float64 round-off in a handful of steps.
+    """
+    x = x0.clone()
+    value, grad = objective(x)
+    g0 = max(1.0, float(grad.norm()))
+    it = 0
+    for it in range(1, max_iter + 1):
+        gnorm = float(grad.norm())
+        if gnorm <= gtol * g0:
+            it -= 1
+            break
+        forcing = min(0.5, math.sqrt(gnorm / g0)) * 1e-2
+        apply = hvp_at(x)
+        step = conjugate_gradient(lambda v: apply(v.reshape(len(v), *x.shape)).reshape(len(v), -1),
+                                  -grad.reshape(1, -1), tol=max(forcing, 1e-14),
+                                  max_iter=10 * grad.numel()).solution.reshape(x.shape)
+        slope = float((grad * step).sum())
+        if slope >= 0:
+            step, slope = -grad, -gnorm**2
+        t = 1.0
+        while True:
+            new_value, new_grad = objective(x + t * step)
+            if float(new_value) <= float(value) + 1e-4 * t * slope or t < 1e-12:
+                break
+            t /= 2
+        if t < 1e-12:
+            break
+        x = x + t * step
+        value, grad = new_value, new_grad
+    gnorm = float(grad.norm())
+    return NewtonResult(x, gnorm, it, gnorm <= gtol * g0 * 10)

