@@ -9,11 +9,11 @@ class PrecedentsError(ValueError):
     """Raised for input that cannot be explained as given (wrong shapes, labels, models or indexes)."""
 
 
-def check_finite(name: str, values: torch.Tensor) -> None:
-    """Refuse NaN or infinite entries, naming the first offending rows."""
+def check_finite(name: str, values: torch.Tensor, offset: int = 0) -> None:
+    """Refuse NaN or infinite entries, naming the first offending rows (numbered from ``offset``)."""
     bad = ~torch.isfinite(values)
     if bad.any():
-        rows = bad.reshape(len(values), -1).any(dim=1).nonzero().flatten()
+        rows = bad.reshape(len(values), -1).any(dim=1).nonzero().flatten() + offset
         shown = ", ".join(str(int(r)) for r in rows[:5])
         more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
         raise PrecedentsError(

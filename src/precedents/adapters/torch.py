@@ -148,6 +148,7 @@ class TorchHead:
         feats, logits, labels = [], [], []
         fp = Fingerprint()
         device = self.device
+        seen = 0
         try:
             bar = tqdm(total=batches.n_examples, desc=f"features ({what})", unit="ex",
                        disable=not self.progress, leave=False)
@@ -156,6 +157,7 @@ class TorchHead:
                     x = torch.as_tensor(x)
                     fp.update(x, y)
                     if x.is_floating_point():
+                        check_finite(f"Inputs of the {what} examples", x, offset=seen)
                         x = x.to(device=device, dtype=next(self.model.parameters()).dtype)
                     else:
                         x = x.to(device)
@@ -168,6 +170,7 @@ class TorchHead:
                     if y is not None:
                         labels.append(torch.as_tensor(y).cpu())
                     bar.update(len(x))
+                    seen += len(x)
             bar.close()
         finally:
             handle.remove()
