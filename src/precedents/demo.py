@@ -18,10 +18,10 @@ import torch
 
 from ._validation import PrecedentsError
 from .datasets import load_mnist
+from .evaluate import topk_agreement
 from .methods import RepresenterL2, RepresenterLJE
 from .models import default_cache_dir, load_or_train_mnist_cnn, predict_logits
 from .report import Table, write_html
-from .evaluate import topk_agreement
 from .report.build import MethodRun, attribute_timed, build_report, table_text
 
 log = logging.getLogger(__name__)

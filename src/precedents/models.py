@@ -164,7 +164,7 @@ _MNIST_CNN_ARCH: dict[str, int] = {"c1": 16, "c2": 32, "hidden": 64, "num_classe
 _MNIST_CNN_TRAIN: dict[str, Any] = {"batch_size": 128, "lr": 1e-3, "weight_decay": 0.0, "seed": 0}
 # Bump when the training data or procedure changes in a way the settings above do not capture.
 _CACHE_FORMAT = 1
-#: Epochs of the demo model: about 35 s of training on an idle 2-core CPU, 98.85% test accuracy.
+#: Epochs of the demo model: 35-55 s of training on a 2-core CPU (48 s measured), 98.85% test accuracy.
 DEFAULT_EPOCHS = 8
 #: A short description of the demo model's architecture.
 MNIST_CNN_ARCHITECTURE = "conv16-conv32-fc64-fc10"
@@ -214,10 +214,9 @@ def load_or_train_mnist_cnn(
     setting; later calls with the same settings load that file instead. A corrupt or unreadable
     cache file is retrained over.
 
-    Measured on a 2-core CPU with torch 2.13.0: about 4.5 s per epoch when the machine is idle (two
-    or more times that when other processes compete for the cores); with the default 8 epochs,
-    98.85% accuracy on the 10,000 test images (seed 0; results are deterministic for a given CPU
-    and thread count).
+    Measured on a 2-core CPU with torch 2.13.0: 4.3-7 s per epoch (more when other processes compete
+    for the cores), 48 s for the default 8 epochs, which give 98.85% accuracy on the 10,000 test
+    images (seed 0; results are deterministic for a given CPU and thread count).
 
     Args:
         cache_dir: where to keep the weights; default :func:`default_cache_dir`
