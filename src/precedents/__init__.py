@@ -7,7 +7,7 @@ of the test loss if that training example were removed.
 
 from ._validation import PrecedentsError
 from .attribution import Attribution, TopK
-from .methods import RepresenterL2, RepresenterLJE
+from .methods import InfluenceFunction, RepresenterL2, RepresenterLJE
 
-__all__ = ["Attribution", "PrecedentsError", "RepresenterL2", "RepresenterLJE", "TopK"]
+__all__ = ["Attribution", "InfluenceFunction", "PrecedentsError", "RepresenterL2", "RepresenterLJE", "TopK"]
 __version__ = "0.1.0"

@@ -21,7 +21,27 @@ from ..linalg import link_probabilities
 log = logging.getLogger(__name__)
 
 
-class HeadExplainer:
+class Estimator:
+    """The scikit-learn contract: ``__init__`` stores parameters, ``fit`` returns self, learned state ends in _."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p not in ("self", "model")]
+
+    def get_params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if k != "forward_fn")
+        return f"{type(self).__name__}({args})"
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "n_train_"):
+            raise PrecedentsError(f"This {type(self).__name__} is not fitted yet: call fit(train) first.")
+
+
+class HeadExplainer(Estimator):
     """Base of estimators that explain a model through its final linear layer.
 
     Subclasses implement ``_fit_head()``, ``_test_side(features, column, sign)`` and the arrays they keep.
@@ -38,23 +58,6 @@ class HeadExplainer:
         self.batch_size = batch_size
         self.progress = progress
         self.forward_fn = forward_fn
-
-    # -- scikit-learn contract -------------------------------------------------------------------------
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p not in ("self", "model")]
-
-    def get_params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if k != "forward_fn")
-        return f"{type(self).__name__}({args})"
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "features_"):
-            raise PrecedentsError(f"This {type(self).__name__} is not fitted yet: call fit(train) first.")
 
     # -- fitting ---------------------------------------------------------------------------------------
     def _adapter(self) -> TorchHead:
@@ -79,6 +82,7 @@ class HeadExplainer:
         self.theta_ = head.theta()
         self.model_fingerprint_ = head.fingerprint()
         self.data_fingerprint_ = run.fingerprint
+        self.n_train_ = len(run.features)
         self._fit_head()
         return self
 
@@ -202,6 +206,7 @@ class HeadExplainer:
         est.theta_ = arrays["theta"]
         est.model_fingerprint_ = manifest["model_fingerprint"]
         est.data_fingerprint_ = manifest["data_fingerprint"]
+        est.n_train_ = len(est.features_)
         for name in cls._state_arrays:
             setattr(est, name + "_", arrays.get(name))
         est._restore(manifest.get("info", {}))
