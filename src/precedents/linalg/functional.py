@@ -5,7 +5,8 @@ the training objective
 
     J(theta) = (1/n) sum_i l(x_i, y_i; theta) + (weight_decay / 2) ||theta||^2      (over the chosen parameters),
 
-and provides: per-example gradients ``grad l_i`` flattened to vectors of length p (``vmap(grad(...))``,
+and provides (computed on the model's device, returned on the CPU in float64, where all solves happen):
+per-example gradients ``grad l_i`` flattened to vectors of length p (``vmap(grad(...))``,
 computed in memory-bounded batches), Hessian-vector products ``H v`` with ``H = hess J`` (forward-over-reverse
 ``jvp(grad(...))``), and test-loss gradients. Everything is returned in float64.
 """
@@ -126,7 +127,7 @@ class LossGradients:
             return self._losses(params, xi[None], yi[None])[0]
 
         grads = vmap(grad(one), in_dims=(None, 0, 0))(self.params, x, y)
-        return self.flatten(grads[n] for n in self.names).to(torch.float64)
+        return self.flatten(grads[n] for n in self.names).to(torch.float64).cpu()
 
     def gradient_blocks(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int | None = None,
                         desc: str = "gradients") -> Iterator[torch.Tensor]:
@@ -144,7 +145,8 @@ class LossGradients:
             x, y = self._prepare(x, y)
             g = grad(lambda p, x=x, y=y: self._losses(p, x, y).sum())(self.params)
             total += self.flatten(g[k] for k in self.names).to(torch.float64)
-        return total / n + self.weight_decay * self.flatten(self.params.values()).to(torch.float64)
+        theta = self.flatten(self.params.values()).to(torch.float64)
+        return (total / n + self.weight_decay * theta).cpu()
 
     # -- curvature -------------------------------------------------------------------------------------
     def hvp(self, vectors: torch.Tensor, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
@@ -163,4 +165,4 @@ class LossGradients:
                 return self.flatten(h[k] for k in self.names)
 
             out += vmap(one_hvp)(tangents).to(torch.float64)
-        return out / n + self.weight_decay * vectors.to(torch.float64)
+        return (out / n + self.weight_decay * vectors.to(self.device, torch.float64)).cpu()
