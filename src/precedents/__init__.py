@@ -7,7 +7,18 @@ of the test loss if that training example were removed.
 
 from ._validation import PrecedentsError
 from .attribution import Attribution, TopK
-from .methods import InfluenceFunction, RepresenterL2, RepresenterLJE
+from . import evaluate
+from .methods import GradientSimilarity, InfluenceFunction, RepresenterL2, RepresenterLJE, TracIn
 
-__all__ = ["Attribution", "InfluenceFunction", "PrecedentsError", "RepresenterL2", "RepresenterLJE", "TopK"]
+__all__ = [
+    "Attribution",
+    "GradientSimilarity",
+    "InfluenceFunction",
+    "PrecedentsError",
+    "RepresenterL2",
+    "RepresenterLJE",
+    "TopK",
+    "TracIn",
+    "evaluate",
+]
 __version__ = "0.1.0"

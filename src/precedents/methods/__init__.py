@@ -2,5 +2,6 @@
 
 from .influence import InfluenceFunction
 from .representer import RepresenterL2, RepresenterLJE
+from .tracin import GradientSimilarity, TracIn
 
-__all__ = ["InfluenceFunction", "RepresenterL2", "RepresenterLJE"]
+__all__ = ["GradientSimilarity", "InfluenceFunction", "RepresenterL2", "RepresenterLJE", "TracIn"]
