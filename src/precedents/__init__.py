@@ -5,9 +5,9 @@ the test point (a proponent; RPS "excitatory"); for loss-based methods the score
 of the test loss if that training example were removed.
 """
 
+from . import evaluate
 from ._validation import PrecedentsError
 from .attribution import Attribution, TopK
-from . import evaluate
 from .methods import GradientSimilarity, InfluenceFunction, RepresenterL2, RepresenterLJE, TracIn
 
 __all__ = [
