@@ -77,10 +77,10 @@ def test_head_closed_form_matches_generic_path_and_lissa(digits, digits_mlp):
     a = closed.attribute(Xte, yte).scores
     b = generic.attribute(Xte, yte).scores
     np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-5 * float(a.abs().max()))
-    lissa = pc.InfluenceFunction(digits_mlp, solver="lissa", solver_options={"depth": 2000, "repeats": 2},
+    lissa = pc.InfluenceFunction(digits_mlp, solver="lissa", solver_options={"depth": 1500, "repeats": 2},
                                  **common).fit(Xtr, ytr)
-    c = lissa.attribute(Xte, yte).scores
-    assert np.corrcoef(c.flatten(), a.flatten())[0, 1] > 0.98        # stochastic minibatch HVPs
+    c = lissa.attribute(Xte[:10], yte[:10]).scores
+    assert np.corrcoef(c.flatten(), a[:10].flatten())[0, 1] > 0.98        # stochastic minibatch HVPs
     torch.testing.assert_close(closed.self_influence()[:50],
                                torch.stack([closed.attribute(Xtr[i:i + 1], ytr[i:i + 1]).scores[0, i]
                                             for i in range(50)]))
