@@ -159,3 +159,19 @@ def test_sign_removing_a_helpful_example_raises_test_loss(cancer):
                 change = (nn.functional.cross_entropy(model(Xte64[t:t + 1]), yte[t:t + 1])
                           - nn.functional.cross_entropy(full(Xte64[t:t + 1]), yte[t:t + 1]))
             assert sign * float(change) > 0
+
+
+def test_forgotten_weight_decay_warns(digits):
+    """A model at the optimum of loss + wd/2 ||theta||^2 explained as if wd were 0 is not at a stationary point."""
+    from precedents.evaluate import fit_logistic_regression
+
+    Xtr, ytr, _, _ = digits
+    model = fit_logistic_regression(Xtr.double(), ytr, 10, 0.01)
+    with pytest.warns(RuntimeWarning, match="not at a stationary point"):
+        pc.InfluenceFunction(model, solver="exact", progress=False).fit(Xtr.double(), ytr)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        inf = pc.InfluenceFunction(model, solver="exact", weight_decay=0.01, progress=False).fit(Xtr.double(), ytr)
+    assert inf.relative_stationarity_ < 1e-8

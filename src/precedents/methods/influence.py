@@ -30,6 +30,8 @@ from .base import Estimator
 
 #: Training gradients are kept in memory when n * p float64 values fit in this many bytes.
 GRADIENT_CACHE_BYTES = 1024**3
+#: Warn when ||grad J|| exceeds this fraction of the root-mean-square per-example gradient norm.
+STATIONARITY_WARNING = 1e-2
 
 
 class HeadCurvature:
@@ -121,8 +123,9 @@ class InfluenceFunction(Estimator):
 
     ``attribute(X, y).scores[t, i]`` = predicted increase of test loss t (nats) if training example i were
     removed. ``self_influence()`` = ``(1/n) g_i^T H^-1 g_i``. After ``fit``: ``stationarity_`` (the norm of the
-    objective's gradient at the given parameters; influence assumes 0), ``solver_.info`` (condition number,
-    residual or iterations).
+    objective's gradient at the given parameters; influence assumes 0; a warning is issued when it exceeds 1% of
+    the RMS per-example gradient norm, ``relative_stationarity_``, which catches a forgotten ``weight_decay``),
+    ``solver_.info`` (condition number, residual or iterations).
     """
 
     method_name = "influence"
@@ -178,6 +181,14 @@ class InfluenceFunction(Estimator):
         self._gradient_cache = None
         if self.n_train_ * self.curvature_.n_params * 8 <= GRADIENT_CACHE_BYTES and not self._closed_form:
             self._gradient_cache = self.curvature_.example_gradients(0, self.n_train_)
+        sample = self._train_gradients(0, min(self.n_train_, 2048))
+        self.relative_stationarity_ = self.stationarity_ / max(float(sample.pow(2).sum(1).mean().sqrt()), 1e-300)
+        if self.relative_stationarity_ > STATIONARITY_WARNING:
+            warnings.warn(
+                f"The model is not at a stationary point of the objective described (||grad J|| = "
+                f"{self.stationarity_:.2e}, {self.relative_stationarity_:.1%} of a typical example's gradient): "
+                "influence functions assume the optimum. Pass the weight_decay the model was trained with, train "
+                "to convergence, or read the scores as a local approximation.", RuntimeWarning, stacklevel=2)
         return self
 
     def _collect(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
