@@ -1,4 +1,4 @@
-"""Command line: ``precedents demo`` and ``precedents explain``."""
+"""Command line: ``precedents demo``, ``precedents explain`` and ``precedents evaluate``."""
 
 from __future__ import annotations
 
@@ -53,8 +53,20 @@ def load_model(args: argparse.Namespace) -> torch.nn.Module:
     except (ImportError, AttributeError) as err:
         raise PrecedentsError(f"Cannot import {args.module}: {err}. Use the form package.module:ClassName "
                               "and make sure the package is importable.") from err
-    model = cls(**json.loads(args.module_kwargs))
-    model.load_state_dict(torch.load(args.state_dict, map_location="cpu", weights_only=True))
+    try:
+        model = cls(**json.loads(args.module_kwargs))
+    except (TypeError, ValueError) as err:
+        raise PrecedentsError(f"Cannot build {args.module} with --module-kwargs {args.module_kwargs}: {err}") from err
+    if not Path(args.state_dict).is_file():
+        raise PrecedentsError(f"State dict file {args.state_dict} does not exist.")
+    state = torch.load(args.state_dict, map_location="cpu", weights_only=True)
+    dtypes = {v.dtype for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    if len(dtypes) == 1:                     # build the module in the state dict's precision (e.g. float64)
+        model = model.to(dtypes.pop())
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise PrecedentsError(f"{args.state_dict} does not fit {args.module}: {err}") from err
     return model.eval()
 
 
@@ -107,6 +119,183 @@ def explain(args: argparse.Namespace) -> int:
     return 0
 
 
+EVALUATE_METHODS = ("influence-exact", "influence-cg", "influence-lissa", "influence-arnoldi", "rps-l2", "rps-lje",
+                    "grad-dot", "grad-cos")
+EVALUATE_NOTE = ("Truth: leave-one-out retraining, loss_change(t, i) = loss_t(retrained without i) - loss_t(reference)"
+                 " in nats. Correlations are pooled over all (test point, removed example) pairs. Influence scores"
+                 " are in loss units (nats); representer scores (rps-*) are contributions to the true class's logit"
+                 " (logit units) and grad-* scores are gradient dot products or cosines: for those, only direction"
+                 " and rank are comparable, not scale.")
+
+
+def _eager_linear(model: torch.nn.Module) -> torch.nn.Module:
+    """A TorchScript module compiled from an ``nn.Linear`` as an eager ``nn.Linear`` (same weights and dtype)."""
+    if not (isinstance(model, torch.jit.ScriptModule) and getattr(model, "original_name", None) == "Linear"):
+        return model
+    weight = model.weight.detach()
+    bias = getattr(model, "bias", None)
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias.detach())
+    return linear.eval()
+
+
+def _evaluate_explainer(key: str, model: torch.nn.Module, args: argparse.Namespace) -> Any:
+    from .methods import GradientSimilarity, InfluenceFunction, RepresenterL2, RepresenterLJE
+
+    progress = not args.quiet
+    if key.startswith("influence-"):
+        return InfluenceFunction(model, params=args.params, solver=key.split("-", 1)[1], damping=args.damping,
+                                 weight_decay=args.weight_decay, layer=args.layer, progress=progress)
+    if key == "rps-l2":
+        l2 = args.weight_decay / 2 if args.l2 is None else args.l2
+        if l2 <= 0:
+            raise PrecedentsError("rps-l2 needs l2 > 0: pass --l2, or a --weight-decay > 0 (default l2 = wd / 2).")
+        return RepresenterL2(model, args.layer, l2=l2, progress=progress)
+    if key == "rps-lje":
+        return RepresenterLJE(model, args.layer, step=args.step, damping=args.damping, progress=progress)
+    return GradientSimilarity(model, params=args.params, kind=key.split("-", 1)[1], layer=args.layer,
+                              progress=progress)
+
+
+def _write_evaluate(out: Path, rows: list[list[Any]], columns: list[str], summary: dict[str, Any]) -> list[Path]:
+    import csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "evaluate.csv", out / "evaluate.json", out / "evaluate.md"]
+    with open(paths[0], "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    paths[1].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+    def cell(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["# precedents evaluate: attribution scores against leave-one-out retraining", "",
+             f"{summary['n_removed']} training examples removed one at a time, {summary['n_test']} test points "
+             f"(highest loss), retrainer `{summary['retrain']}`.", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines += ["", EVALUATE_NOTE, ""]
+    paths[2].write_text("\n".join(lines), encoding="utf-8")
+    return paths
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import LogisticRegressionRetrainer, leave_one_out, warm_start_retrainer
+    from .linalg.functional import default_loss
+    from .report.build import table_text
+    from .report.html import Table
+
+    keys = [k.strip() for k in args.methods.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in EVALUATE_METHODS]
+    if not keys or unknown:
+        raise PrecedentsError(f"Unknown method(s) {', '.join(unknown) or '(none given)'}; choose from "
+                              f"{', '.join(EVALUATE_METHODS)}.")
+    if len(set(keys)) != len(keys):
+        raise PrecedentsError("--methods names a method twice.")
+    if args.points < 1 or args.test_points < 1:
+        raise PrecedentsError(f"--points and --test-points must be >= 1, got {args.points} and {args.test_points}.")
+    if args.weight_decay < 0 or args.damping < 0:
+        raise PrecedentsError("--weight-decay and --damping must be >= 0.")
+    model = _eager_linear(load_model(args))
+    X, y = load_arrays(args.train)
+    X_test, y_test = load_arrays(args.test)
+    if y is None:
+        raise PrecedentsError(f"{args.train} has no labels y: the training data needs them.")
+    if y_test is None:
+        raise PrecedentsError(f"{args.test} has no labels y: evaluate needs the test labels (the truth is the "
+                              "change of each test point's loss).")
+    if len(X) != len(y) or len(X_test) != len(y_test):
+        raise PrecedentsError(f"X and y differ in length: train {len(X)} vs {len(y)}, test {len(X_test)} vs "
+                              f"{len(y_test)}.")
+    y, y_test = y.long().reshape(-1), y_test.long().reshape(-1)
+    n = len(X)
+    if args.points > n:
+        raise PrecedentsError(f"--points {args.points} exceeds the {n} training examples.")
+    if args.test_points > len(X_test):
+        raise PrecedentsError(f"--test-points {args.test_points} exceeds the {len(X_test)} test examples.")
+    if args.retrain == "logistic" and not isinstance(model, torch.nn.Linear):
+        raise PrecedentsError(f"--retrain logistic needs the model to be a single nn.Linear (multinomial logistic "
+                              f"regression), got {type(model).__name__}; use --retrain warm for other networks.")
+    if args.retrain == "warm" and isinstance(model, torch.jit.ScriptModule):
+        raise PrecedentsError("--retrain warm cannot train copies of a TorchScript model (copied TorchScript "
+                              "parameters are not trainable); pass the model as --state-dict FILE --module "
+                              "package.module:ClassName instead.")
+    if args.retrain == "warm" and (args.steps < 0 or args.lr <= 0):
+        raise PrecedentsError(f"--retrain warm needs --steps >= 0 and --lr > 0, got {args.steps} and {args.lr}.")
+
+    param = next(iter(model.parameters()), None)
+    if param is not None and param.is_floating_point():   # feed every method inputs in the model's precision
+        X = X.to(param.dtype) if X.is_floating_point() else X
+        X_test = X_test.to(param.dtype) if X_test.is_floating_point() else X_test
+
+    # the test points with the highest loss under the given model
+    with torch.no_grad():
+        logits = model(X_test)
+        if not isinstance(logits, torch.Tensor):
+            raise PrecedentsError(f"The model returned a {type(logits).__name__}, not a logits tensor.")
+        losses = default_loss(logits, y_test).to(torch.float64).reshape(-1)
+    chosen = torch.argsort(losses, descending=True, stable=True)[: args.test_points]
+    Xs, ys = X_test[chosen], y_test[chosen]
+
+    runs = []
+    for key in keys:
+        start = time.perf_counter()
+        explainer = _evaluate_explainer(key, model, args).fit(X, y)
+        # influence / grad-*: attribute(X, y), the true labels; representers: attribute(X, target=true labels)
+        res = explainer.attribute(Xs, ys)
+        scores = res.scores.detach().to(torch.float64).cpu()
+        runs.append((key, scores, time.perf_counter() - start))
+
+    # half the examples with the largest |score| of the first method, half random (seeded)
+    top = torch.argsort(runs[0][1].abs().amax(dim=0), descending=True, stable=True)[: args.points // 2]
+    rest = np.setdiff1d(np.arange(n), top.numpy())
+    rng = np.random.default_rng(args.seed)
+    random = rng.choice(rest, size=args.points - len(top), replace=False)
+    indices = torch.cat([top, torch.from_numpy(random).long()])
+
+    if args.retrain == "logistic":
+        retrain = LogisticRegressionRetrainer(X.reshape(n, -1), y, model.out_features, args.weight_decay)
+    else:
+        retrain = warm_start_retrainer(model, X, y, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
+                                       seed=args.seed)
+    truth = leave_one_out(retrain, Xs, ys, indices, n_train=n, results_path=args.results, progress=not args.quiet)
+
+    columns = ["method", "pearson", "spearman", "fit+attribute seconds", "score units"]
+    rows = []
+    for key, scores, seconds in runs:
+        corr = truth.correlate(scores)
+        units = {"rps-l2": "logit", "rps-lje": "logit", "grad-dot": "gradient product",
+                 "grad-cos": "cosine"}.get(key, "loss (nats)")
+        rows.append([key, float(corr.pearson), float(corr.spearman), float(seconds), units])
+    summary = {
+        "note": EVALUATE_NOTE, "retrain": args.retrain, "weight_decay": args.weight_decay, "damping": args.damping,
+        "params": args.params, "seed": args.seed, "n_train": n, "n_test": len(chosen), "n_removed": len(indices),
+        "n_pairs": len(chosen) * len(indices), "test_indices": chosen.tolist(), "removed_indices": indices.tolist(),
+        "reference_loss": truth.reference_loss.tolist(), "results": str(args.results),
+        "retrain_seconds_total": float(truth.seconds.sum()),
+        "methods": [dict(zip(["method", "pearson", "spearman", "seconds", "units"], row, strict=True))
+                    for row in rows]}
+    paths = _write_evaluate(Path(args.out), rows, columns, summary)
+    table = Table(f"Scores vs leave-one-out retraining ({len(indices)} removed x {len(chosen)} test points, "
+                  f"retrain {args.retrain})", columns, rows)
+    print(table_text(table), end="\n\n")
+    print(EVALUATE_NOTE)
+    print(f"results: {', '.join(str(p) for p in paths)}; retrains: {args.results}")
+    return 0
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="TorchScript file")
+    parser.add_argument("--state-dict", help="state dict file (with --module)")
+    parser.add_argument("--module", help="package.module:ClassName of the model (with --state-dict)")
+    parser.add_argument("--module-kwargs", default="{}", help="JSON keyword arguments for the model class")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="precedents", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,10 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--k", type=int, default=5)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     ex = sub.add_parser("explain", help="explain your own model on your own data")
-    ex.add_argument("--model", help="TorchScript file")
-    ex.add_argument("--state-dict", help="state dict file (with --module)")
-    ex.add_argument("--module", help="package.module:ClassName of the model (with --state-dict)")
-    ex.add_argument("--module-kwargs", default="{}", help="JSON keyword arguments for the model class")
+    _model_arguments(ex)
     ex.add_argument("--train", required=True, help=".npz or .pt with X and y")
     ex.add_argument("--test", required=True, help=".npz or .pt with X (and y, optional)")
     ex.add_argument("--layer", default=None, help="dotted name of the final nn.Linear (default: the last one)")
@@ -132,6 +318,29 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overlap", type=int, default=200, help="test points for the top-k overlap table (0: skip)")
     ex.add_argument("--out", default="out/explain")
     ex.add_argument("--quiet", action="store_true")
+    ev = sub.add_parser("evaluate", help="compare attribution methods with leave-one-out retraining (the truth)")
+    _model_arguments(ev)
+    ev.add_argument("--train", required=True, help=".npz or .pt with X and y")
+    ev.add_argument("--test", required=True, help=".npz or .pt with X and y (labels required)")
+    ev.add_argument("--methods", default="influence-exact,rps-l2",
+                    help=f"comma-separated, from: {', '.join(EVALUATE_METHODS)}")
+    ev.add_argument("--weight-decay", type=float, required=True,
+                    help="L2 strength the model was trained with (objective mean loss + wd/2 ||theta||^2)")
+    ev.add_argument("--damping", type=float, default=0.0)
+    ev.add_argument("--params", choices=["head", "all"], default="head",
+                    help="parameters for influence and grad-* (head: the final nn.Linear)")
+    ev.add_argument("--layer", default=None, help="dotted name of the final nn.Linear (default: the last one)")
+    ev.add_argument("--l2", type=float, default=None, help="rps-l2 regularisation (default weight_decay / 2)")
+    ev.add_argument("--step", type=float, default=0.01, help="rps-lje anchor step")
+    ev.add_argument("--points", type=int, default=100, help="training examples to leave out, one at a time")
+    ev.add_argument("--test-points", type=int, default=5, help="test points (those with the highest loss)")
+    ev.add_argument("--retrain", choices=["warm", "logistic"], default="warm")
+    ev.add_argument("--steps", type=int, default=1000, help="--retrain warm: SGD steps")
+    ev.add_argument("--lr", type=float, default=0.01, help="--retrain warm: learning rate")
+    ev.add_argument("--results", required=True, help="JSON-lines file of finished retrains (a rerun resumes)")
+    ev.add_argument("--out", default="out/evaluate")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -143,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(args.out, args.cache, k=args.k, progress=not args.quiet)
             return 0
+        if args.command == "evaluate":
+            return evaluate(args)
         return explain(args)
     except PrecedentsError as err:
         print(f"precedents: error: {err}", file=sys.stderr)
