@@ -137,6 +137,13 @@ def _captum_if(kind: str, **options) -> Callable[[Task], torch.Tensor]:
     return run
 
 
+def _ours_tracin(t: Task) -> torch.Tensor:
+    import precedents as pc
+
+    ex = pc.TracIn(t.model, [t.checkpoint], progress=False).fit(t.X, t.y)
+    return ex.attribute(t.Xt, t.yt).full()
+
+
 def _captum_tracin(t: Task) -> torch.Tensor:
     from captum.influence import TracInCP
 
@@ -226,6 +233,8 @@ def methods(n: int) -> list[Method]:
                _ours("exact", None)),
         Method("ours-cg-nowd", "precedents", "InfluenceFunction cg", "weight_decay not given (0)",
                _ours("cg", None), extended=True),
+        Method("ours-tracin", "precedents", "TracIn", "final checkpoint only (learning rate 1)", _ours_tracin,
+               units="gradient dot"),
         Method("captum-naive", "captum", "NaiveInfluenceFunction",
                cap + "defaults (projection_dim=50, hessian_reg=1e-6)", _captum_if("naive")),
         Method("captum-naive-reg", "captum", "NaiveInfluenceFunction",
