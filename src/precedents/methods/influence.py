@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import PrecedentsError, check_labels
+from .._validation import PrecedentsError, check_finite, check_labels
 from ..adapters.torch import ForwardFn, TorchHead
 from ..attribution import Attribution
 from ..data import DataLike, make_batches
@@ -199,9 +199,7 @@ class InfluenceFunction(Estimator):
         if not xs:
             raise PrecedentsError("The training set is empty: nothing to explain with.")
         X = torch.cat(xs)
-        if X.is_floating_point() and not torch.isfinite(X).all():
-            from .._validation import check_finite
-
+        if X.is_floating_point():
             check_finite("Inputs of the training examples", X)
         out = self.model(X[:1]) if self.forward_fn is None else self.forward_fn(self.model, X[:1])
         if not isinstance(out, torch.Tensor):
