@@ -74,8 +74,9 @@ def head_hvp(features: torch.Tensor, probs: torch.Tensor, v: torch.Tensor, link:
 def head_hessian(features: torch.Tensor, probs: torch.Tensor, link: str, block_size: int = 8192) -> torch.Tensor:
     """The explicit Hessian (C d, C d) of the mean loss, accumulated over blocks of examples.
 
-    Uses ``sum_i S_i (x) f_i f_i^T = blockdiag_c(F^T diag(p_c) F) - Z^T Z`` with ``Z_i = p_i (x) f_i``
-    (softmax), or ``F^T diag(p(1-p)) F`` (sigmoid). Cost O(n (C d)^2).
+    Block (c, c') is ``F^T diag(S_cc') F / n`` with ``S_cc' = delta_cc' p_c - p_c p_c'`` (softmax) or
+    ``p (1 - p)`` (sigmoid); only the C (C + 1) / 2 blocks with c <= c' are computed and the rest mirrored.
+    Cost O(n C^2 d^2 / 2).
     """
     n, d = features.shape
     c = probs.shape[1]
@@ -86,8 +87,12 @@ def head_hessian(features: torch.Tensor, probs: torch.Tensor, link: str, block_s
         if link == "sigmoid":
             hess += (f * (p * (1 - p))).T @ f
             continue
-        for k in range(c):
-            hess[k * d:(k + 1) * d, k * d:(k + 1) * d] += (f * p[:, k:k + 1]).T @ f
-        z = (p[:, :, None] * f[:, None, :]).reshape(len(f), c * d)
-        hess -= z.T @ z
+        for a in range(c):
+            for b in range(a, c):
+                weight = p[:, a] * ((1.0 if a == b else 0.0) - p[:, b])
+                hess[a * d:(a + 1) * d, b * d:(b + 1) * d] += (f * weight[:, None]).T @ f
+    if link == "softmax":
+        for a in range(c):
+            for b in range(a + 1, c):
+                hess[b * d:(b + 1) * d, a * d:(a + 1) * d] = hess[a * d:(a + 1) * d, b * d:(b + 1) * d].T
     return hess / n
