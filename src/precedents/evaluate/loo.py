@@ -44,7 +44,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._validation import PrecedentsError
+from ..linalg import head_hessian, head_hvp
 from ..linalg.functional import LossFn, default_loss
+from ..linalg.solvers import conjugate_gradient
 from .metrics import pearson, spearman
 
 __all__ = [
@@ -130,24 +132,11 @@ class _LogisticProblem:
 
     def hvp(self, v: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """``H v`` for v (C, d+1): two passes over F."""
-        z = self.F @ v.T
-        s = probs * z - probs * (probs * z).sum(dim=1, keepdim=True)
-        if self.w is not None:
-            s *= self.w[:, None]
-        return s.T @ self.F / self.total + self.wd * v
+        return head_hvp(self.F, probs, v, "softmax", self.w) + self.wd * v
 
     def hessian(self, probs: torch.Tensor) -> torch.Tensor:
-        """The explicit Hessian (C(d+1), C(d+1)), block (c, c') = F^T diag(w (p_c delta_cc' - p_c p_c')) F / W."""
-        C, d1 = self.C, self.F.shape[1]
-        hess = torch.empty(self.p, self.p, dtype=torch.float64)
-        w = 1.0 if self.w is None else self.w
-        for c in range(C):
-            for k in range(c, C):
-                s = probs[:, c] * (float(c == k) - probs[:, k]) * w
-                block = (self.F * s[:, None]).T @ self.F / self.total
-                hess[c * d1:(c + 1) * d1, k * d1:(k + 1) * d1] = block
-                if k != c:
-                    hess[k * d1:(k + 1) * d1, c * d1:(c + 1) * d1] = block.T
+        """The explicit Hessian (C(d+1), C(d+1)) of J."""
+        hess = head_hessian(self.F, probs, "softmax", weights=self.w)
         return hess + self.wd * torch.eye(self.p, dtype=torch.float64)
 
     def factor(self, probs: torch.Tensor) -> torch.Tensor:
@@ -164,28 +153,15 @@ class _LogisticProblem:
 def _pcg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
          precondition: Callable[[torch.Tensor], torch.Tensor] | None, tol: float,
          max_iter: int) -> tuple[torch.Tensor, int]:
-    """Preconditioned conjugate gradients for ``A x = b`` (one right-hand side), to ``||r|| <= tol ||b||``."""
-    x = torch.zeros_like(b)
-    r = b.clone()
-    z = r if precondition is None else precondition(r)
-    d = z.clone()
-    rz = float((r * z).sum())
-    b_norm = float(b.norm())
-    iterations = 0
-    while iterations < max_iter and float(r.norm()) > tol * b_norm:
-        iterations += 1
-        ad = apply(d)
-        dad = float((d * ad).sum())
-        if dad <= 0:                                    # not positive definite along d: stop here
-            break
-        alpha = rz / dad
-        x += alpha * d
-        r -= alpha * ad
-        z = r if precondition is None else precondition(r)
-        rz_new = float((r * z).sum())
-        d = z + (rz_new / rz) * d
-        rz = rz_new
-    return x, iterations
+    """Preconditioned CG for ``A x = b`` with b shaped like theta: :func:`conjugate_gradient` on one system."""
+    shape = b.shape
+
+    def flat(op: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda v: op(v.reshape(shape)).reshape(1, -1)
+
+    result = conjugate_gradient(flat(apply), b.reshape(1, -1), tol=tol, max_iter=max_iter,
+                                precondition=None if precondition is None else flat(precondition))
+    return result.solution.reshape(shape), result.iterations
 
 
 def _center(v: torch.Tensor) -> torch.Tensor:

@@ -61,22 +61,29 @@ def _curvature_times(probs: torch.Tensor, z: torch.Tensor, link: str) -> torch.T
     return probs * (1 - probs) * z
 
 
-def head_hvp(features: torch.Tensor, probs: torch.Tensor, v: torch.Tensor, link: str) -> torch.Tensor:
+def head_hvp(features: torch.Tensor, probs: torch.Tensor, v: torch.Tensor, link: str,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
     """Hessian-vector products ``H v`` of the mean loss, without forming H.
 
     ``probs`` are the head's probabilities at the point of expansion (n, C); ``v`` is (C, d) or a batch
-    (k, C, d). Cost O(k n C d).
+    (k, C, d). With ``weights`` (n,) the loss is the weighted mean ``sum_i w_i l_i / sum_i w_i`` (0/1 weights
+    select a subset without copying). Cost O(k n C d).
     """
     z = torch.einsum("nd,...cd->...nc", features, v)
-    return torch.einsum("...nc,nd->...cd", _curvature_times(probs, z, link), features) / len(features)
+    s = _curvature_times(probs, z, link)
+    if weights is not None:
+        s = s * weights[:, None]
+    total = len(features) if weights is None else float(weights.sum())
+    return torch.einsum("...nc,nd->...cd", s, features) / total
 
 
-def head_hessian(features: torch.Tensor, probs: torch.Tensor, link: str, block_size: int = 8192) -> torch.Tensor:
+def head_hessian(features: torch.Tensor, probs: torch.Tensor, link: str, block_size: int = 8192,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
     """The explicit Hessian (C d, C d) of the mean loss, accumulated over blocks of examples.
 
     Block (c, c') is ``F^T diag(S_cc') F / n`` with ``S_cc' = delta_cc' p_c - p_c p_c'`` (softmax) or
     ``p (1 - p)`` (sigmoid); only the C (C + 1) / 2 blocks with c <= c' are computed and the rest mirrored.
-    Cost O(n C^2 d^2 / 2).
+    ``weights`` as in :func:`head_hvp`. Cost O(n C^2 d^2 / 2).
     """
     n, d = features.shape
     c = probs.shape[1]
@@ -84,15 +91,16 @@ def head_hessian(features: torch.Tensor, probs: torch.Tensor, link: str, block_s
     for start in range(0, n, block_size):
         f = features[start:start + block_size]
         p = probs[start:start + block_size]
+        w = 1.0 if weights is None else weights[start:start + block_size, None]
         if link == "sigmoid":
-            hess += (f * (p * (1 - p))).T @ f
+            hess += (f * (p * (1 - p)) * w).T @ f
             continue
         for a in range(c):
             for b in range(a, c):
-                weight = p[:, a] * ((1.0 if a == b else 0.0) - p[:, b])
-                hess[a * d:(a + 1) * d, b * d:(b + 1) * d] += (f * weight[:, None]).T @ f
+                weight = p[:, a:a + 1] * ((1.0 if a == b else 0.0) - p[:, b:b + 1]) * w
+                hess[a * d:(a + 1) * d, b * d:(b + 1) * d] += (f * weight).T @ f
     if link == "softmax":
         for a in range(c):
             for b in range(a + 1, c):
                 hess[b * d:(b + 1) * d, a * d:(a + 1) * d] = hess[a * d:(a + 1) * d, b * d:(b + 1) * d].T
-    return hess / n
+    return hess / (n if weights is None else float(weights.sum()))

@@ -41,7 +41,8 @@ def conjugate_gradient(apply: Operator, b: torch.Tensor, *, tol: float = 1e-10, 
     minimum-norm (pseudo-inverse) solution. With ``track_spectrum`` the Lanczos tridiagonal of the first
     system is returned as Ritz values (its extremes estimate A's extreme eigenvalues on that Krylov space).
     ``precondition`` applies M^-1 for a symmetric positive definite M close to A (preconditioned CG; the
-    Ritz values are then those of M^-1 A).
+    Ritz values are then those of M^-1 A). A system meeting a direction of non-positive curvature stops there
+    (its residual then says how far it got).
     """
     b = b.reshape(len(b), -1)
     k, m = b.shape
@@ -55,14 +56,16 @@ def conjugate_gradient(apply: Operator, b: torch.Tensor, *, tol: float = 1e-10, 
     b_norm = r_norm.clamp_min(torch.finfo(b.dtype).tiny)
     diag, off = [], []
     prev_alpha = prev_beta = None
+    stalled = torch.zeros(k, dtype=torch.bool, device=b.device)
     it = 0
     for it in range(1, max_iter + 1):
-        active = r_norm > tol * b_norm
+        active = (r_norm > tol * b_norm) & ~stalled
         if not active.any():
             it -= 1
             break
         ap = apply(p)
         pap = (p * ap).sum(dim=1)
+        stalled |= active & (pap <= 0)          # no positive curvature along p: this system stops here
         alpha = torch.where(active & (pap > 0), rs / torch.where(pap > 0, pap, torch.ones_like(pap)),
                             torch.zeros_like(rs))
         x += alpha[:, None] * p

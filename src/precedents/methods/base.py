@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import PrecedentsError, check_labels
+from .._validation import PrecedentsError, check_finite, check_labels
 from ..adapters.torch import ForwardFn, TorchHead
 from ..attribution import Attribution, BlockScorer
-from ..data import DataLike, make_batches
+from ..data import Batches, DataLike, make_batches
 from ..index import load_index, save_index
 from ..linalg import link_probabilities
 
@@ -223,3 +223,30 @@ def _data_fingerprint(train: DataLike, batch_size: int) -> str:
     for x, y in make_batches(train, batch_size=batch_size, name="train", require_labels=True):
         fp.update(torch.as_tensor(x), y)
     return fp.hexdigest()
+
+
+def collect_labelled(batches: Batches, model: nn.Module, forward_fn: ForwardFn | None, what: str,
+             labels_hint: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate the batches into (X, labels), checking labels against the model's number of classes."""
+    xs, ys = [], []
+    for x, y in batches:
+        if y is None:
+            raise PrecedentsError(f"The {what} examples have no labels. {labels_hint}")
+        xs.append(torch.as_tensor(x))
+        ys.append(torch.as_tensor(y))
+    X = torch.cat(xs) if xs else None
+    if X is None or len(X) == 0:
+        raise PrecedentsError(f"The {what} set is empty: pass at least one example.")
+    if X.is_floating_point():
+        check_finite(f"Inputs of the {what} examples", X)
+    first = X[:1]
+    for p in model.parameters():                         # run the probe on the model's device
+        first = first.to(p.device)
+        break
+    with torch.no_grad():
+        out = model(first) if forward_fn is None else forward_fn(model, first)
+    if not isinstance(out, torch.Tensor):
+        raise PrecedentsError(f"The model returned a {type(out).__name__}, not a logits tensor. Pass "
+                              "forward_fn=lambda model, x: model(x)[0] (or whatever selects the logits).")
+    n_classes = 2 if out.ndim < 2 or out.shape[-1] == 1 else out.shape[-1]
+    return X, check_labels(torch.cat(ys), n_classes, len(X))

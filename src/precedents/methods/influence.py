@@ -19,17 +19,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import PrecedentsError, check_finite, check_labels
+from .._validation import PrecedentsError, check_labels
 from ..adapters.torch import ForwardFn, TorchHead
 from ..attribution import Attribution
 from ..data import DataLike, make_batches
 from ..linalg import head_hessian, head_hvp, link_probabilities, targets_from_labels
 from ..linalg.functional import LossFn, LossGradients, default_loss, select_parameters
 from ..linalg.ihvp import InverseHVP, make_inverse
-from .base import Estimator
+from .base import Estimator, collect_labelled
 
 #: Training gradients are kept in memory when n * p float64 values fit in this many bytes.
 GRADIENT_CACHE_BYTES = 1024**3
+LABELS_HINT = "Pass (X, y), fit(X, y) or a Dataset of (x, y)."
 #: Warn when ||grad J|| exceeds this fraction of the root-mean-square per-example gradient norm.
 STATIONARITY_WARNING = 1e-2
 
@@ -164,7 +165,7 @@ class InfluenceFunction(Estimator):
                                             self.weight_decay)
             self.n_train_ = len(run.features)
         else:
-            X, labels = self._collect(batches)
+            X, labels = collect_labelled(batches, self.model, self.forward_fn, "training", LABELS_HINT)
             layer = None
             if self.params == "head":
                 layer = TorchHead(self.model, self.layer).layer_name
@@ -191,24 +192,6 @@ class InfluenceFunction(Estimator):
                 "to convergence, or read the scores as a local approximation.", RuntimeWarning, stacklevel=2)
         return self
 
-    def _collect(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        for x, y in batches:
-            xs.append(torch.as_tensor(x))
-            ys.append(torch.as_tensor(y))
-        if not xs:
-            raise PrecedentsError("The training set is empty: nothing to explain with.")
-        X = torch.cat(xs)
-        if X.is_floating_point():
-            check_finite("Inputs of the training examples", X)
-        out = self.model(X[:1]) if self.forward_fn is None else self.forward_fn(self.model, X[:1])
-        if not isinstance(out, torch.Tensor):
-            raise PrecedentsError(f"The model returned a {type(out).__name__}, not a logits tensor. Pass "
-                                  "forward_fn=lambda model, x: model(x)[0] (or whatever selects the logits).")
-        n_classes = 2 if out.shape[-1] == 1 else out.shape[-1]
-        labels = check_labels(torch.cat(ys), n_classes, len(X))
-        return X, labels
-
     def _train_gradients(self, start: int, stop: int) -> torch.Tensor:
         if self._gradient_cache is not None:
             return self._gradient_cache[start:stop]
@@ -232,7 +215,7 @@ class InfluenceFunction(Estimator):
             else:
                 losses = -probs.gather(1, labels[:, None])[:, 0].clamp_min(1e-300).log()
             return grads, losses, labels
-        Xt, labels = self._collect(batches)
+        Xt, labels = collect_labelled(batches, self.model, self.forward_fn, "test", LABELS_HINT)
         g = self.curvature_.grads
         grads = torch.cat(list(g.gradient_blocks(((Xt[s:s + self.batch_size], labels[s:s + self.batch_size])
                                                   for s in range(0, len(Xt), self.batch_size)), desc="test")))

@@ -31,12 +31,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import PrecedentsError, check_finite, check_labels
+from .._validation import PrecedentsError
 from ..adapters.torch import ForwardFn, TorchHead
 from ..attribution import Attribution
-from ..data import Batches, DataLike, make_batches
+from ..data import DataLike, make_batches
 from ..linalg.functional import LossFn, LossGradients, default_loss, select_parameters
-from .base import Estimator
+from .base import Estimator, collect_labelled
 
 #: Training gradients of one checkpoint are kept in memory when n * p float64 values fit in this many bytes;
 #: otherwise they are recomputed for every block of training examples that is scored.
@@ -123,33 +123,6 @@ class _Weights:
                     module.training = training
 
 
-def _collect(batches: Batches, model: nn.Module, forward_fn: ForwardFn | None, what: str,
-             labels_hint: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate the batches into (X, labels), checking labels against the model's number of classes."""
-    xs, ys = [], []
-    for x, y in batches:
-        if y is None:
-            raise PrecedentsError(f"The {what} examples have no labels. {labels_hint}")
-        xs.append(torch.as_tensor(x))
-        ys.append(torch.as_tensor(y))
-    X = torch.cat(xs) if xs else None
-    if X is None or len(X) == 0:
-        raise PrecedentsError(f"The {what} set is empty: pass at least one example.")
-    if X.is_floating_point():
-        check_finite(f"Inputs of the {what} examples", X)
-    first = X[:1]
-    for p in model.parameters():                         # run the probe on the model's device
-        first = first.to(p.device)
-        break
-    with torch.no_grad():
-        out = model(first) if forward_fn is None else forward_fn(model, first)
-    if not isinstance(out, torch.Tensor):
-        raise PrecedentsError(f"The model returned a {type(out).__name__}, not a logits tensor. Pass "
-                              "forward_fn=lambda model, x: model(x)[0] (or whatever selects the logits).")
-    n_classes = 2 if out.ndim < 2 or out.shape[-1] == 1 else out.shape[-1]
-    return X, check_labels(torch.cat(ys), n_classes, len(X))
-
-
 # -- shared machinery ----------------------------------------------------------------------------------------
 
 class _GradientScores(Estimator):
@@ -184,7 +157,7 @@ class _GradientScores(Estimator):
 
         batches = make_batches(train, y, batch_size=self.batch_size, name="train", require_labels=True)
         with self._weights.at(states[-1]) as model:
-            X, labels = _collect(batches, model, self.forward_fn, "training",
+            X, labels = collect_labelled(batches, model, self.forward_fn, "training",
                                  "Pass (X, y), fit(X, y), or a Dataset of (x, y).")
         self.train_inputs_, self.labels_ = X, labels
         self.n_train_ = len(X)
@@ -242,7 +215,7 @@ class _GradientScores(Estimator):
             raise PrecedentsError(f"{type(self).__name__} {self._missing_labels}")
         batches = make_batches(X, y, batch_size=self.batch_size, name="X", require_labels=True)
         with self._weights.at(self._loss_state()) as model:
-            Xt, labels = _collect(batches, model, self.forward_fn, "test",
+            Xt, labels = collect_labelled(batches, model, self.forward_fn, "test",
                                   f"{type(self).__name__} {self._missing_labels}")
             g = LossGradients(model, self.param_names_, loss_fn=self.loss_fn or default_loss,
                               forward_fn=self.forward_fn, progress=False)
