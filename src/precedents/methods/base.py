@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from .._validation import PrecedentsError, check_finite, check_labels
-from ..adapters.torch import ForwardFn, TorchHead
+from ..adapters import head_adapter
+from ..adapters.torch import ForwardFn
 from ..attribution import Attribution, BlockScorer
-from ..data import Batches, DataLike, make_batches
+from ..data import Batches, DataLike
 from ..index import load_index, save_index
 from ..linalg import link_probabilities
 
@@ -60,9 +61,9 @@ class HeadExplainer(Estimator):
         self.forward_fn = forward_fn
 
     # -- fitting ---------------------------------------------------------------------------------------
-    def _adapter(self) -> TorchHead:
-        return TorchHead(self.model, self.layer, forward_fn=self.forward_fn, batch_size=self.batch_size,
-                         progress=self.progress)
+    def _adapter(self) -> Any:
+        return head_adapter(self.model, self.layer, forward_fn=self.forward_fn, batch_size=self.batch_size,
+                            progress=self.progress)
 
     def fit(self, train: DataLike, y: Any = None) -> HeadExplainer:
         """Compute training features and the method's training-side state.
@@ -70,7 +71,7 @@ class HeadExplainer(Estimator):
         ``train``: ``(X, y)``, or ``X`` with ``y`` given separately, a Dataset of ``(x, y)`` or a DataLoader.
         """
         head = self._adapter()
-        batches = make_batches(train, y, batch_size=self.batch_size, name="train", require_labels=True)
+        batches = head.batches(train, y, name="train", require_labels=True)
         run = head.run(batches, what="training")
         self.head_ = head
         self.layer_name_ = head.layer_name
@@ -103,7 +104,7 @@ class HeadExplainer(Estimator):
         one for all). Returns an :class:`~precedents.Attribution` whose ``scores`` are in logit units.
         """
         self._check_fitted()
-        run = self.head_.run(make_batches(X, batch_size=self.batch_size, name="X"), what="test")
+        run = self.head_.run(self.head_.batches(X, name="X"), what="test")
         n = len(run.features)
         if target is None:
             target = self._predict_from_logits(run.logits)
@@ -142,7 +143,7 @@ class HeadExplainer(Estimator):
         if X is None:
             features, logits = self.features_, self.model_logits_
         else:
-            run = self.head_.run(make_batches(X, batch_size=self.batch_size, name="X"), what="test")
+            run = self.head_.run(self.head_.batches(X, name="X"), what="test")
             features, logits = run.features, run.logits
         explained = features @ self.explained_head().T
         if self.link_ == "softmax":
@@ -192,7 +193,7 @@ class HeadExplainer(Estimator):
                 f"{manifest['model_fingerprint'][:12]}, this model's is {fingerprint[:12]}): its weights differ. "
                 "Rebuild the index with fit() for this model.")
         if train is not None:
-            run_fp = _data_fingerprint(train, est.batch_size)
+            run_fp = head.data_fingerprint(head.batches(train, name="train", require_labels=True))
             if run_fp != manifest["data_fingerprint"]:
                 raise PrecedentsError(f"The index in {directory} was built on other training data than the "
                                       "data passed: rebuild it with fit() on this data.")
@@ -214,15 +215,6 @@ class HeadExplainer(Estimator):
 
     def _restore(self, info: dict[str, Any]) -> None:
         """Recreate derived state after loading (e.g. the Hessian factorisation)."""
-
-
-def _data_fingerprint(train: DataLike, batch_size: int) -> str:
-    from ..data import Fingerprint
-
-    fp = Fingerprint()
-    for x, y in make_batches(train, batch_size=batch_size, name="train", require_labels=True):
-        fp.update(torch.as_tensor(x), y)
-    return fp.hexdigest()
 
 
 def collect_labelled(batches: Batches, model: nn.Module, forward_fn: ForwardFn | None, what: str,

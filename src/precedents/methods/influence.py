@@ -17,12 +17,12 @@ import warnings
 from typing import Any
 
 import torch
-from torch import nn
 
 from .._validation import PrecedentsError, check_labels
-from ..adapters.torch import ForwardFn, TorchHead
+from ..adapters import head_adapter
+from ..adapters.torch import ForwardFn
 from ..attribution import Attribution
-from ..data import DataLike, make_batches
+from ..data import DataLike
 from ..linalg import head_hessian, head_hvp, link_probabilities, targets_from_labels
 from ..linalg.functional import LossFn, LossGradients, default_loss, select_parameters
 from ..linalg.ihvp import InverseHVP, make_inverse
@@ -39,9 +39,11 @@ class HeadCurvature:
     """Loss gradients and Hessian of a linear head on fixed features (closed form, no autograd)."""
 
     def __init__(self, features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, theta: torch.Tensor,
-                 link: str, weight_decay: float, sample_size: int = 1000) -> None:
+                 link: str, weight_decay: float | torch.Tensor, sample_size: int = 1000) -> None:
         self.features, self.link, self.theta = features, link, theta
+        # a scalar, or one strength per head entry (C, d): 0 where a parameter (an intercept) is not penalised
         self.weight_decay = weight_decay
+        self._decay_flat = torch.as_tensor(weight_decay, dtype=torch.float64).expand(theta.shape).reshape(-1)
         self.probs = link_probabilities(logits, link)
         self.residuals = self.probs - targets_from_labels(labels, theta.shape[0])
         self.n_params = theta.numel()
@@ -54,20 +56,21 @@ class HeadCurvature:
     def hvp(self, vectors: torch.Tensor) -> torch.Tensor:
         v = vectors.reshape(len(vectors), *self.theta.shape)
         out = head_hvp(self.features, self.probs, v, self.link).reshape(len(vectors), -1)
-        return out + self.weight_decay * vectors
+        return out + self._decay_flat * vectors
 
     def sample_hvp(self, vectors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(self.features), (min(self.sample_size, len(self.features)),), generator=generator)
         v = vectors.reshape(len(vectors), *self.theta.shape)
         out = head_hvp(self.features[idx], self.probs[idx], v, self.link).reshape(len(vectors), -1)
-        return out + self.weight_decay * vectors
+        return out + self._decay_flat * vectors
 
     def hessian(self) -> torch.Tensor:
         hess = head_hessian(self.features, self.probs, self.link)
-        return hess + self.weight_decay * torch.eye(len(hess), dtype=hess.dtype)
+        return hess + torch.diag(self._decay_flat)
 
     def mean_gradient(self) -> torch.Tensor:
-        return self.residuals.T @ self.features / len(self.features) + self.weight_decay * self.theta
+        return self.residuals.T @ self.features / len(self.features) + (self._decay_flat * self.theta.reshape(-1)
+                                                                          ).reshape(self.theta.shape)
 
 
 class ModuleCurvature:
@@ -117,7 +120,8 @@ class InfluenceFunction(Estimator):
     solver : ``"exact"``, ``"cg"``, ``"lissa"`` or ``"arnoldi"`` (see :mod:`precedents.linalg.ihvp`).
     damping : added to the Hessian (``H + damping I``); needed for non-convex models.
     weight_decay : the L2 strength the model was trained with, objective ``mean loss + wd/2 ||theta||^2`` over
-        ``params``; it belongs in the Hessian.
+        ``params``; it belongs in the Hessian. None reads it from the model where the adapter knows it
+        (scikit-learn estimators: ``C``, ``alpha``), else 0; the value used is ``weight_decay_``.
     loss_fn : per-example loss ``loss_fn(logits, y) -> (b,)``; default cross-entropy (binary for one output).
     solver_options : keyword options of the solver (``tol``/``max_iter`` for cg; ``scale``, ``depth``,
         ``repeats``, ``seed`` for lissa; ``rank``, ``iterations``, ``seed`` for arnoldi).
@@ -131,8 +135,8 @@ class InfluenceFunction(Estimator):
 
     method_name = "influence"
 
-    def __init__(self, model: nn.Module, params: str | list[str] = "head", solver: str = "cg", damping: float = 0.0,
-                 weight_decay: float = 0.0, *, layer: str | None = None, loss_fn: LossFn | None = None,
+    def __init__(self, model: Any, params: str | list[str] = "head", solver: str = "cg", damping: float = 0.0,
+                 weight_decay: float | None = None, *, layer: str | None = None, loss_fn: LossFn | None = None,
                  solver_options: dict[str, Any] | None = None, batch_size: int = 256, progress: bool = True,
                  forward_fn: ForwardFn | None = None) -> None:
         self.model = model
@@ -152,26 +156,32 @@ class InfluenceFunction(Estimator):
         return self.params == "head" and self.loss_fn is None
 
     def fit(self, train: DataLike, y: Any = None) -> InfluenceFunction:
-        if not isinstance(self.model, nn.Module):
-            raise PrecedentsError(f"model must be a torch.nn.Module, got {type(self.model).__name__}.")
-        batches = make_batches(train, y, batch_size=self.batch_size, name="train", require_labels=True)
+        head = head_adapter(self.model, self.layer, forward_fn=self.forward_fn, batch_size=self.batch_size,
+                            progress=self.progress)
+        self.head_ = head
+        batches = head.batches(train, y, name="train", require_labels=True)
+        weight_decay = self.weight_decay
+        if weight_decay is None:
+            weight_decay = head.weight_decay()
+            weight_decay = 0.0 if weight_decay is None else weight_decay
+        self.weight_decay_ = weight_decay
         if self._closed_form:
-            head = TorchHead(self.model, self.layer, forward_fn=self.forward_fn, batch_size=self.batch_size,
-                             progress=self.progress)
             run = head.run(batches, what="training")
             labels = check_labels(run.labels, head.n_classes, len(run.features))
-            self.head_ = head
-            self.curvature_ = HeadCurvature(run.features, run.logits, labels, head.theta(), head.link,
-                                            self.weight_decay)
+            self.curvature_ = HeadCurvature(run.features, run.logits, labels, head.theta(), head.link, weight_decay)
             self.n_train_ = len(run.features)
         else:
-            X, labels = collect_labelled(batches, self.model, self.forward_fn, "training", LABELS_HINT)
-            layer = None
-            if self.params == "head":
-                layer = TorchHead(self.model, self.layer).layer_name
-            names = select_parameters(self.model, self.params, layer)
-            grads = LossGradients(self.model, names, loss_fn=self.loss_fn or default_loss,
-                                  forward_fn=self.forward_fn, weight_decay=self.weight_decay,
+            if head.model is None:
+                raise PrecedentsError(f"params={self.params!r} differentiates through the model's parameters, which "
+                                      f"a {type(self.model).__name__} does not have: use params='head'.")
+            if not isinstance(weight_decay, (int, float)):
+                raise PrecedentsError("A per-entry weight decay applies to params='head' only; pass a number.")
+            self.torch_model_ = head.model
+            X, labels = collect_labelled(batches, head.model, self.forward_fn, "training", LABELS_HINT)
+            layer = head.layer_name if self.params == "head" else None
+            names = select_parameters(head.model, self.params, layer)
+            grads = LossGradients(head.model, names, loss_fn=self.loss_fn or default_loss,
+                                  forward_fn=self.forward_fn, weight_decay=weight_decay,
                                   batch_size=self.batch_size, progress=self.progress)
             self.curvature_ = ModuleCurvature(grads, X, labels)
             self.n_train_ = len(X)
@@ -202,7 +212,7 @@ class InfluenceFunction(Estimator):
         if y is None and not isinstance(X, (tuple, list)):
             raise PrecedentsError("Influence is a loss-based method: attribute(X, y) needs the test labels y "
                                   "(the labels whose loss is explained; use the predictions to explain them).")
-        batches = make_batches(X, y, batch_size=self.batch_size, name="X", require_labels=True)
+        batches = self.head_.batches(X, y, name="X", require_labels=True)
         if self._closed_form:
             run = self.head_.run(batches, what="test")
             labels = check_labels(run.labels, self.head_.n_classes, len(run.features))
@@ -215,7 +225,7 @@ class InfluenceFunction(Estimator):
             else:
                 losses = -probs.gather(1, labels[:, None])[:, 0].clamp_min(1e-300).log()
             return grads, losses, labels
-        Xt, labels = collect_labelled(batches, self.model, self.forward_fn, "test", LABELS_HINT)
+        Xt, labels = collect_labelled(batches, self.torch_model_, self.forward_fn, "test", LABELS_HINT)
         g = self.curvature_.grads
         grads = torch.cat(list(g.gradient_blocks(((Xt[s:s + self.batch_size], labels[s:s + self.batch_size])
                                                   for s in range(0, len(Xt), self.batch_size)), desc="test")))
