@@ -16,6 +16,11 @@ import torch
 from ._validation import PrecedentsError
 
 METHODS = {"rps-l2": "RPS-l2", "rps-lje": "RPS-LJE"}
+#: ``precedents demo --task NAME``: (what it explains, "module:function"); each function takes
+#: ``(out_dir, cache_dir, *, k, progress)`` and writes ``report.html`` into ``out_dir``.
+DEMO_TASKS: dict[str, tuple[str, str]] = {
+    "mnist": ("a CNN trained on the full MNIST (default)", ".demo:run_demo"),
+}
 
 
 def load_arrays(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -299,8 +304,10 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="precedents", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="explain a CNN trained on real MNIST; writes out/demo/report.html")
-    demo.add_argument("--out", default="out/demo")
+    demo = sub.add_parser("demo", help="explain a model trained on real data; writes out/demo/report.html")
+    demo.add_argument("--task", choices=sorted(DEMO_TASKS), default="mnist",
+                      help="; ".join(f"{name}: {what}" for name, (what, _) in sorted(DEMO_TASKS.items())))
+    demo.add_argument("--out", default=None, help="output folder (default out/demo, or out/demo-TASK)")
     demo.add_argument("--cache", default=None, help="cache directory (default $PRECEDENTS_CACHE or .cache/precedents)")
     demo.add_argument("--k", type=int, default=5)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -348,9 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from .demo import run_demo
-
-            run_demo(args.out, args.cache, k=args.k, progress=not args.quiet)
+            module_name, function_name = DEMO_TASKS[args.task][1].split(":")
+            run = getattr(importlib.import_module(module_name, __package__), function_name)
+            out = args.out or ("out/demo" if args.task == "mnist" else f"out/demo-{args.task}")
+            run(out, args.cache, k=args.k, progress=not args.quiet)
             return 0
         if args.command == "evaluate":
             return evaluate(args)

