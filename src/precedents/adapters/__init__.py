@@ -8,7 +8,8 @@ The adapters are the only place that knows a model family. Every adapter offers 
   logits (n, C), labels and a data fingerprint;
 * ``theta()``: the (C, d) head, ``logits = features @ theta.T``;
 * ``link`` (``"softmax"``/``"sigmoid"``), ``n_outputs``, ``n_classes``, ``layer_name``, ``fingerprint()``;
-* ``weight_decay()``: the training objective's l2 strength in *mean-loss* units, a (C, d) tensor (0 where a
+* ``weight_decay(n_train)``: the training objective's l2 strength in *mean-loss* units (objective
+  ``mean loss + 1/2 sum wd * theta^2``) for a training set of ``n_train`` examples, a (C, d) tensor (0 where a
   parameter is not penalised, e.g. an intercept), or None when the adapter cannot know it;
 * ``model``: a ``torch.nn.Module`` computing the logits from the batches' inputs, or None (tree ensembles),
   for methods that differentiate through the whole network.

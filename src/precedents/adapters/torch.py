@@ -147,7 +147,7 @@ class TorchHead:
             fp.update(torch.as_tensor(x), y)
         return fp.hexdigest()
 
-    def weight_decay(self) -> torch.Tensor | None:
+    def weight_decay(self, n_train: int) -> torch.Tensor | None:
         """Unknown for a plain torch model: the optimiser's weight decay is not stored in the module."""
         return None
 

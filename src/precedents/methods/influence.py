@@ -162,7 +162,7 @@ class InfluenceFunction(Estimator):
         batches = head.batches(train, y, name="train", require_labels=True)
         weight_decay = self.weight_decay
         if weight_decay is None:
-            weight_decay = head.weight_decay()
+            weight_decay = head.weight_decay(batches.n_examples)
             weight_decay = 0.0 if weight_decay is None else weight_decay
         self.weight_decay_ = weight_decay
         if self._closed_form:
