@@ -26,7 +26,8 @@ SUPPORTED_FAMILIES = (
     "torch.nn.Module classifiers ending in nn.Linear; "
     "scikit-learn LogisticRegression, SGDClassifier (loss='log_loss'), LinearSVC and MLPClassifier; "
     "XGBoost (XGBClassifier or Booster), LightGBM (LGBMClassifier or Booster), scikit-learn "
-    "GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier and ExtraTreesClassifier"
+    "GradientBoostingClassifier and HistGradientBoostingClassifier (random forests are refused: they average "
+    "probabilities and have no logit head)"
 )
 
 
