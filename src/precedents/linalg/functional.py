@@ -5,7 +5,9 @@ the training objective
 
     J(theta) = (1/n) sum_i l(x_i, y_i; theta) + (weight_decay / 2) ||theta||^2      (over the chosen parameters),
 
-and provides (computed on the model's device, returned on the CPU in float64, where all solves happen):
+(``weight_decay`` may also be a mapping from parameter name to strength, e.g. 0 for the intercepts of a
+scikit-learn MLP, which are not penalised; a name left out gets 0) and provides (computed on the model's
+device, returned on the CPU in float64, where all solves happen):
 per-example gradients ``grad l_i`` flattened to vectors of length p (``vmap(grad(...))``,
 computed in memory-bounded batches), Hessian-vector products ``H v`` with ``H = hess J`` (forward-over-reverse
 ``jvp(grad(...))``), and test-loss gradients. Everything is returned in float64.
@@ -13,7 +15,7 @@ computed in memory-bounded batches), Hessian-vector products ``H v`` with ``H = 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -73,12 +75,12 @@ class LossGradients:
     """Gradients and curvature of a model's loss with respect to the parameters ``names``."""
 
     def __init__(self, model: nn.Module, names: list[str], *, loss_fn: LossFn = default_loss,
-                 forward_fn: Callable | None = None, weight_decay: float = 0.0, batch_size: int = 256,
-                 progress: bool = True) -> None:
+                 forward_fn: Callable | None = None, weight_decay: float | Mapping[str, float] = 0.0,
+                 batch_size: int = 256, progress: bool = True) -> None:
         self.module = _Forward(model, forward_fn or (lambda m, x: m(x)))
         self.names = names
         self.loss_fn = loss_fn
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = dict(weight_decay) if isinstance(weight_decay, Mapping) else float(weight_decay)
         self.batch_size = batch_size
         self.progress = progress
         named = dict(model.named_parameters())
@@ -89,6 +91,17 @@ class LossGradients:
         self.n_params = sum(p.numel() for p in self.params.values())
         self.device = next(iter(self.params.values())).device
         self.dtype = next(iter(self.params.values())).dtype
+        if isinstance(self.weight_decay, dict):
+            unknown = sorted(set(self.weight_decay) - set(named))
+            if unknown:
+                raise PrecedentsError(f"weight_decay names parameters the model does not have: {unknown}; it has: "
+                                      f"{', '.join(named)}.")
+            per_param = [torch.full((p.numel(),), float(self.weight_decay.get(n, 0.0)), dtype=torch.float64)
+                         for n, p in self.params.items()]
+            #: strength per flattened parameter entry (p,), float64 on the model's device
+            self.decay = torch.cat(per_param).to(self.device)
+        else:
+            self.decay = torch.full((self.n_params,), self.weight_decay, dtype=torch.float64, device=self.device)
 
     # -- helpers ---------------------------------------------------------------------------------------
     def flatten(self, tensors: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -126,7 +139,15 @@ class LossGradients:
         def one(params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
             return self._losses(params, xi[None], yi[None])[0]
 
-        grads = vmap(grad(one), in_dims=(None, 0, 0))(self.params, x, y)
+        try:
+            grads = vmap(grad(one), in_dims=(None, 0, 0))(self.params, x, y)
+        except RuntimeError as err:
+            if "shape" not in str(err) and "vmap" not in str(err) and "batch" not in str(err).lower():
+                raise
+            raise PrecedentsError(
+                f"torch.func could not compute per-example gradients through this model (vmap failed: {err}). "
+                "Some kernels have no batching rule (e.g. nn.LSTM in float64 on the CPU; float32 works). Use "
+                "params='head' without a loss_fn (closed form), or run the model in float32.") from err
         return self.flatten(grads[n] for n in self.names).to(torch.float64).cpu()
 
     def gradient_blocks(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int | None = None,
@@ -146,7 +167,7 @@ class LossGradients:
             g = grad(lambda p, x=x, y=y: self._losses(p, x, y).sum())(self.params)
             total += self.flatten(g[k] for k in self.names).to(torch.float64)
         theta = self.flatten(self.params.values()).to(torch.float64)
-        return (total / n + self.weight_decay * theta).cpu()
+        return (total / n + self.decay * theta).cpu()
 
     # -- curvature -------------------------------------------------------------------------------------
     def hvp(self, vectors: torch.Tensor, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
@@ -164,5 +185,11 @@ class LossGradients:
                 h = jvp(batch_grad, (self.params,), (t,))[1]
                 return self.flatten(h[k] for k in self.names)
 
-            out += vmap(one_hvp)(tangents).to(torch.float64)
-        return (out / n + self.weight_decay * vectors.to(self.device, torch.float64)).cpu()
+            try:
+                out += vmap(one_hvp)(tangents).to(torch.float64)
+            except NotImplementedError as err:
+                raise PrecedentsError(
+                    f"Hessian-vector products (forward-over-reverse, jvp of grad) are not available for this model: "
+                    f"{str(err).splitlines()[0]} (e.g. nn.LSTM on the CPU has no forward-mode AD). Per-example "
+                    "gradients still work (TracIn, gradient similarity); for influence use params='head'.") from err
+        return (out / n + self.decay * vectors.to(self.device, torch.float64)).cpu()

@@ -94,7 +94,13 @@ def conjugate_gradient(apply: Operator, b: torch.Tensor, *, tol: float = 1e-10, 
 
 
 class HessianSolver:
-    r"""Applies ``(H + damping I)^+`` for the Hessian H of a linear head's mean loss.
+    r"""Applies ``(H + diag(regularizer) + damping I)^+`` for the Hessian H of a linear head's mean loss.
+
+    ``regularizer`` (C, d), optional: a per-entry l2 strength in mean-loss units (the Hessian of
+    ``1/2 sum regularizer * Theta^2``), e.g. a scikit-learn model's penalty with 0 on the intercept column. With
+    ``damping == 0`` the structural null space is then the part of H's null space (below) that no penalised entry
+    touches (for a softmax head with unpenalised intercepts: the shared shift of the intercepts); it is dropped
+    in the same way, so the solve is again the pseudo-inverse of the regularised Hessian.
 
     ``method="exact"`` eigendecomposes H in float64 once (reusable for every right-hand side); with
     ``damping == 0`` eigenvalues below ``dim * eps * lambda_max`` are treated as the null space and dropped
@@ -109,7 +115,8 @@ class HessianSolver:
     """
 
     def __init__(self, features: torch.Tensor, probs: torch.Tensor, link: str, *, damping: float = 0.0,
-                 method: str = "auto", cg_tol: float = 1e-10, cg_max_iter: int | None = None) -> None:
+                 method: str = "auto", cg_tol: float = 1e-10, cg_max_iter: int | None = None,
+                 regularizer: torch.Tensor | None = None) -> None:
         if damping < 0:
             raise ValueError(f"damping must be >= 0, got {damping}")
         self.features, self.probs, self.link = features, probs, link
@@ -117,6 +124,13 @@ class HessianSolver:
         self.d = features.shape[1]
         self.dim = self.n_outputs * self.d
         self.damping = float(damping)
+        self.regularizer: torch.Tensor | None = None
+        if regularizer is not None:
+            reg = torch.as_tensor(regularizer, dtype=torch.float64).to(features.device)
+            reg = reg.expand(self.n_outputs, self.d).reshape(-1).clone()
+            if (reg < 0).any() or not torch.isfinite(reg).all():
+                raise ValueError("regularizer must be finite and >= 0")
+            self.regularizer = reg if (reg > 0).any() else None
         if method == "auto":
             method = "exact" if self.dim <= MAX_EXACT_DIM else "cg"
         if method not in ("exact", "cg"):
@@ -153,10 +167,44 @@ class HessianSolver:
         kron = class_basis[:, None, :, None] * feature_basis[None, :, None, :]   # (C, d, C', r)
         return kron.reshape(self.dim, class_basis.shape[1] * feature_basis.shape[1])
 
+    def _structural_null(self) -> torch.Tensor | None:
+        """Orthonormal basis (dim, k) of the null space of ``H + diag(regularizer)`` that holds whatever the
+        probabilities: null directions of H (shared class shifts of any feature direction for softmax, and any
+        class times a direction no feature reaches) with zeros on every penalised entry. None if there is none."""
+        gram = self.features.T @ self.features
+        evals, evecs = torch.linalg.eigh((gram + gram.T) / 2)
+        null_features = evecs[:, evals <= self.d * torch.finfo(torch.float64).eps * float(evals.max())].contiguous()
+        c, d = self.n_outputs, self.d
+        eye_c = torch.eye(c, dtype=torch.float64, device=gram.device)
+        parts = []
+        if self.link == "softmax":
+            shared = torch.ones(c, 1, dtype=torch.float64, device=gram.device) / c**0.5
+            centred = torch.linalg.eigh(eye_c - 1.0 / c)[1][:, 1:].contiguous()
+            parts.append(torch.kron(shared, torch.eye(d, dtype=torch.float64, device=gram.device)))
+            parts.append(torch.kron(centred, null_features))
+        else:
+            parts.append(torch.kron(eye_c, null_features))
+        null = torch.cat(parts, dim=1)
+        if null.shape[1] == 0:
+            return None
+        penalised = self.regularizer > 0
+        if penalised.any():
+            _, sing, vh = torch.linalg.svd(null[penalised], full_matrices=True)
+            rank = int((sing > null.shape[1] * torch.finfo(torch.float64).eps * max(float(sing.max()), 1.0)).sum()) \
+                if len(sing) else 0
+            null = null @ vh[rank:].T
+        return null if null.shape[1] else None
+
     def _factorize(self) -> None:
         hess = head_hessian(self.features, self.probs, self.link)
         hess = (hess + hess.T) / 2
-        basis = self._range_basis() if self.damping == 0 else None
+        if self.regularizer is not None:
+            hess = hess + torch.diag(self.regularizer)
+        if self.regularizer is None:
+            basis = self._range_basis() if self.damping == 0 else None
+        else:
+            null = self._structural_null() if self.damping == 0 else None
+            basis = None if null is None else torch.linalg.qr(null, mode="complete").Q[:, null.shape[1]:]
         if basis is not None:
             hess = basis.T @ hess @ basis
         evals, evecs = torch.linalg.eigh((hess + hess.T) / 2)
@@ -174,7 +222,10 @@ class HessianSolver:
     # -- cg ------------------------------------------------------------------------------------------
     def _prepare_cg(self) -> None:
         self._basis = None
-        if self.damping == 0:
+        self._null = None
+        if self.damping == 0 and self.regularizer is not None:
+            self._null = self._structural_null()
+        elif self.damping == 0:
             gram = self.features.T @ self.features
             evals, evecs = torch.linalg.eigh((gram + gram.T) / 2)
             keep = evals > self.d * torch.finfo(torch.float64).eps * float(evals.max())
@@ -193,11 +244,15 @@ class HessianSolver:
     def _apply(self, v: torch.Tensor) -> torch.Tensor:
         v3 = v.reshape(len(v), self.n_outputs, self.d)
         out = head_hvp(self.features, self.probs, v3, self.link).reshape(len(v), -1)
+        if self.regularizer is not None:
+            out = out + self.regularizer * v
         return out + self.damping * v if self.damping else out
 
     def _project(self, b: torch.Tensor) -> torch.Tensor:
         if self.damping:
             return b
+        if self.regularizer is not None:
+            return b if self._null is None else b - (b @ self._null) @ self._null.T
         b3 = b.reshape(len(b), self.n_outputs, self.d)
         if self.link == "softmax":
             b3 = b3 - b3.mean(dim=1, keepdim=True)

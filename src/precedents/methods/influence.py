@@ -121,7 +121,9 @@ class InfluenceFunction(Estimator):
     damping : added to the Hessian (``H + damping I``); needed for non-convex models.
     weight_decay : the L2 strength the model was trained with, objective ``mean loss + wd/2 ||theta||^2`` over
         ``params``; it belongs in the Hessian. None reads it from the model where the adapter knows it
-        (scikit-learn estimators: ``C``, ``alpha``), else 0; the value used is ``weight_decay_``.
+        (scikit-learn estimators: ``C``, ``alpha``), else 0; the value used is ``weight_decay_`` (a number, a
+        (C, d) tensor for ``params="head"``, or ``{parameter name: strength}`` for other params of a model whose
+        adapter knows it, e.g. an MLPClassifier's coefficients but not its intercepts).
     loss_fn : per-example loss ``loss_fn(logits, y) -> (b,)``; default cross-entropy (binary for one output).
     solver_options : keyword options of the solver (``tol``/``max_iter`` for cg; ``scale``, ``depth``,
         ``repeats``, ``seed`` for lissa; ``rank``, ``iterations``, ``seed`` for arnoldi).
@@ -174,7 +176,10 @@ class InfluenceFunction(Estimator):
             if head.model is None:
                 raise PrecedentsError(f"params={self.params!r} differentiates through the model's parameters, which "
                                       f"a {type(self.model).__name__} does not have: use params='head'.")
-            if not isinstance(weight_decay, (int, float)):
+            if self.weight_decay is None and hasattr(head, "parameter_weight_decay"):
+                weight_decay = head.parameter_weight_decay(batches.n_examples)   # {parameter name: strength}
+                self.weight_decay_ = weight_decay
+            elif not isinstance(weight_decay, (int, float)):
                 raise PrecedentsError("A per-entry weight decay applies to params='head' only; pass a number.")
             self.torch_model_ = head.model
             X, labels = collect_labelled(batches, head.model, self.forward_fn, "training", LABELS_HINT)

@@ -51,9 +51,13 @@ def _gradients_and_layout(influence: InfluenceFunction) -> tuple[LossGradients, 
         g = cur.grads
         return g, g.unflatten
     head = influence.head_
-    names = select_parameters(influence.model, "head", head.layer_name)
-    g = LossGradients(influence.model, names, loss_fn=default_loss, forward_fn=influence.forward_fn,
-                      weight_decay=influence.weight_decay, batch_size=influence.batch_size, progress=False)
+    if head.model is None:
+        raise PrecedentsError(f"Perturbation influence differentiates the loss with respect to the inputs, which a "
+                              f"{type(influence.model).__name__} does not allow: it needs a differentiable model.")
+    names = select_parameters(head.model, "head", head.layer_name)
+    # the weight decay does not depend on the inputs, so it plays no part in the mixed derivatives computed here
+    g = LossGradients(head.model, names, loss_fn=default_loss, forward_fn=influence.forward_fn,
+                      weight_decay=0.0, batch_size=influence.batch_size, progress=False)
     shape = cur.theta.shape                                 # (C, d [+ 1 bias column])
     weight = f"{head.layer_name}.weight" if head.layer_name else "weight"
     bias = f"{head.layer_name}.bias" if head.layer_name else "bias"

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validation import PrecedentsError
 from ..adapters.torch import ForwardFn
 from ..attribution import BlockScorer
 from ..linalg import (
@@ -72,9 +73,12 @@ class RepresenterL2(HeadExplainer):
 
         W* = argmin_W (1/n) sum_i CE(softmax(f_i W^T), P_i) + l2 ||W||^2,
 
-    with ``f_i`` the penultimate features plus a column of ones (the bias lives in W), initialised from the
-    trained layer and solved by Newton-CG (block-Jacobi preconditioned) to gradient norm ``gtol``
-    (relative). At the optimum ``W* = sum_i alpha_i f_i^T`` with
+    with ``f_i`` the penultimate features plus a column of ones (the bias lives in W), solved by Newton-CG
+    (block-Jacobi preconditioned) to gradient norm ``gtol`` (relative) from the start ``init``: ``"model"`` (the
+    trained layer, default), ``"zeros"``, or ``"random"`` (Gaussian entries with the trained layer's standard
+    deviation, seeded by ``random_state``). The objective is strictly convex, so every start reaches the same
+    W* (up to ``gtol``); the option exists to check that (``precedents.evaluate.stability``).
+    At the optimum ``W* = sum_i alpha_i f_i^T`` with
 
         alpha_i = (softmax(f_i W*^T) - P_i) / (-2 l2 n)     (n x C, ``alpha_``),
 
@@ -90,18 +94,32 @@ class RepresenterL2(HeadExplainer):
     _state_arrays = ("weights", "alpha", "label_alpha")
 
     def __init__(self, model: nn.Module, layer: str | None = None, l2: float = 0.003, *, gtol: float = 1e-10,
-                 max_iter: int = 200, batch_size: int = 256, progress: bool = True,
-                 forward_fn: ForwardFn | None = None) -> None:
+                 max_iter: int = 200, init: str = "model", random_state: int = 0, batch_size: int = 256,
+                 progress: bool = True, forward_fn: ForwardFn | None = None) -> None:
         super().__init__(model, layer, batch_size=batch_size, progress=progress, forward_fn=forward_fn)
         self.l2 = l2
         self.gtol = gtol
         self.max_iter = max_iter
+        self.init = init
+        self.random_state = random_state
+
+    def _start(self) -> torch.Tensor:
+        """The refit's starting head (C, d) chosen by ``init`` (see the class docstring)."""
+        if self.init == "model":
+            return self.theta_
+        if self.init == "zeros":
+            return torch.zeros_like(self.theta_)
+        if self.init == "random":
+            g = torch.Generator().manual_seed(int(self.random_state))
+            noise = torch.randn(self.theta_.shape, generator=g, dtype=torch.float64).to(self.theta_)
+            return noise * self.theta_.std()
+        raise PrecedentsError(f"init must be 'model', 'zeros' or 'random', got {self.init!r}.")
 
     def _fit_head(self) -> None:
         if not self.l2 > 0:
             raise ValueError(f"l2 must be > 0 (the representer theorem needs it), got {self.l2}")
         probs = link_probabilities(self.model_logits_, self.link_)
-        result = _fit_l2_head(self.features_, probs, self.theta_, self.link_, self.l2, self.gtol, self.max_iter)
+        result = _fit_l2_head(self.features_, probs, self._start(), self.link_, self.l2, self.gtol, self.max_iter)
         if not result.converged:
             warnings.warn(f"RPS-l2 refit stopped after {result.iterations} Newton steps with gradient norm "
                           f"{result.gradient_norm:.2e}; the decomposition holds only up to that residual.",
@@ -179,9 +197,15 @@ class RepresenterLJE(HeadExplainer):
     number is kept in ``hessian_condition_`` and a warning is issued above ``CONDITION_WARNING``; damping
     shrinks the correction ``H^+ g_i`` along weak-curvature directions, trading faithfulness (the sum no longer
     reproduces the Newton step) for stable, smaller scores.
-    H is the Hessian of the mean loss alone: for a model trained with weight decay ``wd`` (objective mean loss +
-    wd/2 ||theta||^2), pass ``damping=wd`` so that H is the Hessian of the objective it was trained on (on MNIST 1 vs
-    7 logistic regression this lifts the correlation with leave-one-out retraining from 0.60 to 0.9987).
+    ``weight_decay``: the l2 strength the head was trained with, objective ``J = mean loss + 1/2 sum wd * Theta^2``
+    (a number, or a (C, d) tensor with 0 where an entry such as an intercept is not penalised); None reads it from
+    the model where the adapter knows it (scikit-learn estimators: ``C``, ``alpha``), else 0; the value used is
+    ``weight_decay_``. With it, the expansion is of J: the anchor ascends ``grad J``, ``H = hess L + diag(wd)``,
+    and the Newton step ``Theta_hat - H^+ grad J(Theta_hat)`` splits as ``alpha_i = (A - H^+ g_i) / n`` with
+    ``A = Theta_hat - H^+ (wd * Theta_hat)`` (the penalty's part, shared by every example), so the scores still
+    add up to one Newton step from the anchor and reproduce the model at a stationary point of J.
+    (Before ``weight_decay`` existed, ``damping=wd`` was the suggested approximation: on MNIST 1 vs 7 logistic
+    regression it lifts the correlation with leave-one-out retraining from 0.60 to 0.9987.)
 
     ``solver``: ``"auto"`` (exact eigendecomposition while C d <= 3000, else conjugate gradients), ``"exact"``
     or ``"cg"``. Scores are computed test-side, ``(Theta_hat f_t)_c / n - <g_i, H^+ (e_c (x) f_t)> / n``, so only
@@ -192,30 +216,52 @@ class RepresenterLJE(HeadExplainer):
     _state_arrays = ("anchor",)
 
     def __init__(self, model: nn.Module, layer: str | None = None, step: float = 0.01, damping: float = 0.0, *,
-                 solver: str = "auto", cg_tol: float = 1e-10, batch_size: int = 256, progress: bool = True,
-                 forward_fn: ForwardFn | None = None) -> None:
+                 weight_decay: float | None = None, solver: str = "auto", cg_tol: float = 1e-10,
+                 batch_size: int = 256, progress: bool = True, forward_fn: ForwardFn | None = None) -> None:
         super().__init__(model, layer, batch_size=batch_size, progress=progress, forward_fn=forward_fn)
         self.step = step
         self.damping = damping
+        self.weight_decay = weight_decay
         self.solver = solver
         self.cg_tol = cg_tol
+
+    def _regularizer(self) -> torch.Tensor | None:
+        """The (C, d) l2 strength of the training objective (``weight_decay``, else the adapter's), or None."""
+        wd = self.weight_decay
+        if wd is None:
+            wd = self.head_.weight_decay(self.n_train_)
+        if wd is None:
+            return None
+        wd = torch.as_tensor(wd, dtype=torch.float64).expand(self.theta_.shape).clone()
+        if (wd < 0).any() or not torch.isfinite(wd).all():
+            raise PrecedentsError(f"weight_decay must be finite and >= 0, got {self.weight_decay!r}.")
+        return wd if (wd > 0).any() else None
 
     def _fit_head(self) -> None:
         targets = targets_from_labels(self.labels_, self.theta_.shape[0])
         grad = mean_loss_gradient(self.features_, self.theta_, targets, self.link_)
+        self.weight_decay_ = self._regularizer()
+        if self.weight_decay_ is not None:
+            grad = grad + self.weight_decay_ * self.theta_
         self.stationarity_ = float(grad.norm())
         self.anchor_ = self.theta_ + self.step * grad
-        self._restore({})
+        self._restore({"fitting": True})
 
     def _restore(self, info: dict[str, Any]) -> None:
         targets = targets_from_labels(self.labels_, self.theta_.shape[0])
         self.stationarity_ = info.get("stationarity", getattr(self, "stationarity_", float("nan")))
         probs = link_probabilities(self.features_ @ self.anchor_.T, self.link_)
         self.residuals_ = probs - targets
+        self.weight_decay_ = getattr(self, "weight_decay_", None) if info.get("fitting") else self._regularizer()
         self.solver_ = HessianSolver(self.features_, probs, self.link_, damping=self.damping,
-                                     method=self.solver, cg_tol=self.cg_tol)
+                                     method=self.solver, cg_tol=self.cg_tol, regularizer=self.weight_decay_)
         self.hessian_condition_ = self.solver_.condition_number
         mean_grad = self.residuals_.T @ self.features_ / len(self.features_)
+        self._anchor_head = self.anchor_                      # A: the part of alpha_i every example shares
+        if self.weight_decay_ is not None:
+            penalty_grad = self.weight_decay_ * self.anchor_
+            mean_grad = mean_grad + penalty_grad
+            self._anchor_head = self.anchor_ - self.solver_.solve(penalty_grad[None])[0]
         self.correction_ = self.solver_.solve(mean_grad[None])[0]
         self.explained_head_ = self.anchor_ - self.correction_
         if self.hessian_condition_ > CONDITION_WARNING:
@@ -245,7 +291,7 @@ class RepresenterLJE(HeadExplainer):
         rhs = torch.zeros(len(features), n_out, d, dtype=torch.float64)
         rhs[torch.arange(len(features)), column] = features.to(torch.float64)
         solved = self.solver_.solve(rhs).reshape(len(features), -1)
-        anchor_term = (features @ self.anchor_.T).gather(1, column[:, None])[:, 0] / n
+        anchor_term = (features @ self._anchor_head.T).gather(1, column[:, None])[:, 0] / n
         return anchor_term, solved
 
     def _test_side(self, features: torch.Tensor, column: torch.Tensor,
@@ -261,10 +307,11 @@ class RepresenterLJE(HeadExplainer):
 
     @property
     def alpha_(self) -> torch.Tensor:
-        """All representer matrices ``alpha_i = (Theta_hat - H^+ g_i) / n``, shape (n, C, d). O(n C d) memory."""
+        """All representer matrices ``alpha_i = (A - H^+ g_i) / n`` (A = Theta_hat without weight decay), shape
+        (n, C, d). O(n C d) memory."""
         self._check_fitted()
         n = len(self.features_)
-        blocks = [self.anchor_[None] - self.solver_.solve(self._train_gradients(s, min(s + 2048, n))).reshape(
+        blocks = [self._anchor_head[None] - self.solver_.solve(self._train_gradients(s, min(s + 2048, n))).reshape(
             -1, *self.anchor_.shape) for s in range(0, n, 2048)]
         return torch.cat(blocks) / n
 
