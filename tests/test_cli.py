@@ -60,3 +60,35 @@ def test_explain_state_dict_and_module(tmp_path, digits):
                  "--out", str(tmp_path / "out"), "--quiet"])
     assert code == 0
     assert "data:image/png;base64" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_explain_features_sensitivity_and_tabular_features(tmp_path, digits, digits_mlp):
+    from precedents.models import MnistCNN
+
+    Xtr, ytr, Xte, yte = digits
+    torch.manual_seed(0)
+    model = MnistCNN(c1=4, c2=8, hidden=16)
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    images = torch.nn.functional.interpolate(Xtr.reshape(-1, 1, 8, 8), size=28)
+    np.savez(tmp_path / "train.npz", X=images[:300].numpy(), y=ytr[:300].numpy())
+    np.savez(tmp_path / "test.npz", X=images[300:304].numpy(), y=ytr[300:304].numpy())
+    code = main(["explain", "--state-dict", str(tmp_path / "sd.pt"), "--module", "precedents.models:MnistCNN",
+                 "--module-kwargs", '{"c1": 4, "c2": 8, "hidden": 16}', "--methods", "rps-l2,rps-lje",
+                 "--features", "saliency,ig", "--points", "0,1", "--train", str(tmp_path / "train.npz"),
+                 "--test", str(tmp_path / "test.npz"), "--overlap", "0", "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 0
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count("Which pixels: feature attribution") == 2
+    assert html.count("sensitivity map of class") == 4              # 2 points x 2 representer methods
+    assert "its decomposed map" in html and "POSITIVE" in html
+    # tabular data: a table per point instead of images
+    torch.jit.script(digits_mlp).save(str(tmp_path / "model.ts"))
+    np.savez(tmp_path / "tr.npz", X=Xtr.numpy(), y=ytr.numpy())
+    np.savez(tmp_path / "te.npz", X=Xte.numpy(), y=yte.numpy())
+    code = main(["explain", "--model", str(tmp_path / "model.ts"), "--train", str(tmp_path / "tr.npz"), "--test",
+                 str(tmp_path / "te.npz"), "--methods", "rps-l2", "--features", "occlusion,saliency", "--points", "0",
+                 "--overlap", "0", "--out", str(tmp_path / "tab"), "--quiet"])
+    assert code == 0
+    assert "Feature attribution, test point 0" in (tmp_path / "tab" / "report.html").read_text()
+    assert main(["explain", "--model", str(tmp_path / "model.ts"), "--train", str(tmp_path / "tr.npz"), "--test",
+                 str(tmp_path / "te.npz"), "--features", "gradcam", "--quiet"]) == 2

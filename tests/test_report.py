@@ -347,3 +347,18 @@ def test_write_html_failure_leaves_no_temp_and_keeps_old(tmp_path: Path, monkeyp
     monkeypatch.undo()
     assert target.read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
+
+
+def test_image_strips_render_grouped_and_escaped():
+    from precedents.report.html import Case, Example, ImageStrip, Report, render_html
+    from precedents.report.png import signed_to_rgb
+
+    signed = signed_to_rgb(np.array([[-1.0, 0.0], [0.5, 1.0]]))
+    strip = ImageStrip("RPS-l2: <sensitivity>", [("test image", np.eye(4)), ("whole map", signed),
+                                                  ("train id 3", np.eye(4)), ("its decomposed map", signed)],
+                       note="a & b", groups=[("TEST", 2), ("POSITIVE", 2)])
+    case = Case("Correctly classified", Example(0, "1", "1", image=np.eye(4)), [], strips=[strip])
+    html = render_html(Report("t", "i", [], [case]))
+    assert "RPS-l2: &lt;sensitivity&gt;" in html and "a &amp; b" in html
+    assert html.count('class="sgroup"') == 2 and ">POSITIVE</div>" in html
+    assert html.count("data:image/png;base64") == 5          # the test card and the four strip images

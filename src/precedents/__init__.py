@@ -8,7 +8,9 @@ of the test loss if that training example were removed.
 from . import evaluate
 from ._validation import PrecedentsError
 from .attribution import Attribution, TopK
+from .features import feature_attributions, tcav
 from .methods import GradientSimilarity, InfluenceFunction, RepresenterL2, RepresenterLJE, TracIn
+from .sensitivity import sensitivity_maps
 
 __all__ = [
     "Attribution",
@@ -20,5 +22,8 @@ __all__ = [
     "TopK",
     "TracIn",
     "evaluate",
+    "feature_attributions",
+    "sensitivity_maps",
+    "tcav",
 ]
 __version__ = "0.1.0"

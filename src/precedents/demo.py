@@ -22,7 +22,10 @@ from .evaluate import topk_agreement
 from .methods import RepresenterL2, RepresenterLJE
 from .models import default_cache_dir, load_or_train_mnist_cnn, predict_logits
 from .report import Table, write_html
-from .report.build import MethodRun, attribute_timed, build_report, table_text
+from .report.build import MethodRun, attribute_timed, build_report, explanation_strips, table_text
+
+#: Feature-attribution methods the demo shows beside the precedents (``precedents demo --features``).
+DEMO_FEATURES = ("saliency", "smoothgrad", "ig", "occlusion", "lime")
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,13 @@ decomposes that refit head; its alpha depends on the training point and class on
 class tend to share precedents (class-level). RPS-LJE (Sui et al. 2021) needs no refit: it expands the \
 training-loss gradient around an anchor one ascent step from the given head and solves with the head's \
 Hessian; its precedents differ from test point to test point (instance-level). The tables say how faithful \
-each explained head is to the model and how class-level each explanation is."""
+each explained head is to the model and how class-level each explanation is.
+
+Under each case: which pixels (feature attribution with Captum: gradient saliency, SmoothGrad, Integrated \
+Gradients, occlusion and LIME, each for the explained class; red supports it, blue opposes it) beside which \
+training examples, and the sensitivity-map decomposition of seed 001: the gradient of the explained logit with \
+respect to the test image, split into one map per training example; the maps of all 50,000 add up to the whole \
+map. The TCAV table asks which classes a horizontal stroke speaks for."""
 
 
 def _fit_or_load(cls: type, model: torch.nn.Module, train: tuple, cache: Path, tag: str,
@@ -109,9 +118,41 @@ def write_top_k(path_csv: Path, path_json: Path, runs: list[MethodRun], shown_id
                                      "records": records}, indent=1))
 
 
+def stroke_tcav_table(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor,
+                      y_test: torch.Tensor, *, layer: str = "fc1", n_concept: int = 100, n_random: int = 5,
+                      n_inputs: int = 2000, seed: int = 0) -> Table:
+    """TCAV of a "horizontal stroke" concept per class: training digits with a bar drawn across, vs random digits.
+
+    The concept set is ``n_concept`` random training images with :func:`~precedents.features.add_stroke`; each of
+    ``n_random`` CAVs separates it from another random set of training images at ``layer`` (fc1's output, before
+    its ReLU); the scores are measured on the first ``n_inputs`` test images, class k on those labelled k.
+    """
+    from .features import add_stroke, tcav
+
+    g = torch.Generator().manual_seed(seed)
+    picks = [torch.randperm(len(X), generator=g)[:n_concept] for _ in range(n_random + 1)]
+    concept = add_stroke(X[picks[0]], seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        res = tcav(model, layer, concept, [X[p] for p in picks[1:]], X_test[:n_inputs], y_test[:n_inputs],
+                   concept_name="horizontal stroke", seed=seed)
+    return Table(f"TCAV: sensitivity of each class to a horizontal stroke (layer {layer})", res.columns, res.rows(),
+                 f"Concept: {n_concept} training digits with a horizontal bar drawn across (rows 6-21, columns 4-23); "
+                 f"{n_random} CAVs, each against another {n_concept} random training digits (held-out CAV accuracy "
+                 f"{res.cav_accuracy.mean():.2f} on average). TCAV score of class k: the fraction of test images of "
+                 "class k whose logit k grows along the concept direction (Kim et al., 2018; computed with Captum). "
+                 "Random-CAV score: the same with a random-vs-random CAV (chance level); p-value: two-sided t-test "
+                 "of the two.")
+
+
 def run_demo(out_dir: str | Path = "out/demo", cache_dir: str | Path | None = None, *, k: int = 5,
-             n_overlap: int = 200, progress: bool = True) -> dict[str, Any]:
-    """Train (or load) the MNIST CNN, explain it with both methods, and write the report."""
+             n_overlap: int = 200, progress: bool = True, features: tuple[str, ...] | list[str] = DEMO_FEATURES,
+             tcav: bool = True) -> dict[str, Any]:
+    """Train (or load) the MNIST CNN, explain it with both methods, and write the report.
+
+    ``features``: feature-attribution methods shown beside the precedents (empty: none); every shown test point
+    also gets the sensitivity-map decomposition of both methods. ``tcav``: add the stroke-concept TCAV table.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -145,12 +186,18 @@ def run_demo(out_dir: str | Path = "out/demo", cache_dir: str | Path | None = No
         ["RPS-l2 index", "loaded from cache" if l2_cached else "fitted this run"],
         ["RPS-LJE index", "loaded from cache" if lje_cached else "fitted this run"],
     ])
+    start = time.perf_counter()
+    strips = explanation_strips(model, runs, shown, features=features, train_display=X, train_labels=y,
+                                k=2)
+    extra = [stroke_tcav_table(model, X, y, X_test, y_test)] if tcav else []
+    print(f"feature attribution, sensitivity maps{', TCAV' if tcav else ''}: {time.perf_counter() - start:.1f} s")
     report = build_report(
         "precedents: which MNIST training images does this CNN's prediction rest on?", INTRO, runs,
         fidelity_X=X_test, shown_labels=y_test[shown_ids], shown_ids=shown_ids,
         cases=[(title, pos) for pos, (title, _) in enumerate(chosen)], train_display=X,
         train_labels=y, train_predictions=l2.model_logits_.argmax(1), shown_display=shown, k=k,
-        extra_tables=[setup, damping_table(lje, model, train, X_test[:n_overlap], X_test, k=k)])
+        extra_tables=[setup, damping_table(lje, model, train, X_test[:n_overlap], X_test, k=k), *extra],
+        case_strips=strips)
     path = write_html(report, out / "report.html")
     write_top_k(out / "top_k.csv", out / "top_k.json", runs, shown_ids, k)
     for table in report.tables:

@@ -12,7 +12,7 @@ import torch
 
 from ..attribution import Attribution
 from ..evaluate import topk_jaccard
-from .html import Case, Example, MethodPanel, Report, Table
+from .html import Case, Example, ImageStrip, MethodPanel, Report, Table
 
 
 @dataclass
@@ -58,14 +58,16 @@ def method_tables(runs: Sequence[MethodRun], X_test: Any) -> list[Table]:
     faith_rows, decomp_rows, cost_rows, overlap_rows = [], [], [], []
     for run in runs:
         ex = run.explainer
-        train = ex.fidelity()
-        test = ex.fidelity(X_test)
-        faith_rows.append([run.name, train["prediction_agreement"], train["max_probability_difference"],
-                           test["prediction_agreement"], test["max_probability_difference"],
-                           test["max_logit_difference"], _diagnostic(ex)])
         res = run.attribution
-        gap = (res.scores.sum(1) - res.explained).abs().max()
-        decomp_rows.append([run.name, float(gap), float((res.explained - res.model_output).abs().max())])
+        if hasattr(ex, "fidelity"):            # head explainers; influence explains the model's own loss
+            train = ex.fidelity()
+            test = ex.fidelity(X_test)
+            faith_rows.append([run.name, train["prediction_agreement"], train["max_probability_difference"],
+                               test["prediction_agreement"], test["max_probability_difference"],
+                               test["max_logit_difference"], _diagnostic(ex)])
+        if res.units == "logit":               # loss-based scores do not decompose the loss
+            gap = (res.scores.sum(1) - res.explained).abs().max()
+            decomp_rows.append([run.name, float(gap), float((res.explained - res.model_output).abs().max())])
         cost_rows.append([run.name, run.fit_seconds, run.attribute_seconds, res.n_test, res.n_train])
         if run.overlap:
             overlap_rows.append([run.name, run.overlap["mean"], int(run.overlap["pairs"])])
@@ -106,13 +108,15 @@ def build_report(title: str, intro: str, runs: Sequence[MethodRun], *, fidelity_
                  train_labels: Any, train_predictions: Any | None = None, shown_display: Any = None,
                  class_names: Sequence[str] | None = None, k: int = 5,
                  train_rows: Sequence[dict[str, Any]] | None = None,
-                 test_rows: Sequence[dict[str, Any]] | None = None, extra_tables: Sequence[Table] = ()) -> Report:
+                 test_rows: Sequence[dict[str, Any]] | None = None, extra_tables: Sequence[Table] = (),
+                 case_strips: Sequence[Sequence[ImageStrip]] | None = None) -> Report:
     """Build the report: tables, then one case per ``(title, position)`` in the attributed test batch.
 
     Positions in ``cases`` index the attributed batch: ``shown_ids`` are its dataset ids ("test id"),
     ``shown_labels`` its true labels, ``shown_display`` its images (or ``test_rows`` for tabular data).
     ``train_display`` holds what to draw for each training example (or ``train_rows``). ``fidelity_X`` is the
-    test set on which the faithfulness table is measured.
+    test set on which the faithfulness table is measured. ``case_strips``: image strips (feature attributions,
+    sensitivity maps; see :func:`explanation_strips`) shown under each case, one list per entry of ``cases``.
     """
     tops = {run.name: run.attribution.top(k) for run in runs}
     first = runs[0].attribution
@@ -138,9 +142,14 @@ def build_report(title: str, intro: str, runs: Sequence[MethodRun], *, fidelity_
             res = run.attribution
             note = (f"explains class {_label(res.target[pos], class_names)}: scores sum to "
                     f"{float(res.explained[pos]):+.3f} (model logit {float(res.model_output[pos]):+.3f})")
+            if res.units == "loss":
+                note = (f"explains the loss of class {_label(res.target[pos], class_names)} "
+                        f"({float(res.model_output[pos]):.3f} nats): a score is the predicted increase of that "
+                        "loss if the training example were removed")
             panels.append(MethodPanel(run.name, examples(top.positive_indices[pos], top.positive_scores[pos]),
                                       examples(top.negative_indices[pos], top.negative_scores[pos]), note))
-        out_cases.append(Case(case_title, test, panels))
+        strips = list(case_strips[len(out_cases)]) if case_strips is not None else []
+        out_cases.append(Case(case_title, test, panels, strips=strips))
     tables = [*extra_tables, *method_tables(runs, fidelity_X)]
     return Report(title=title, intro=intro, tables=tables, cases=out_cases)
 
@@ -159,3 +168,71 @@ def table_text(table: Table) -> str:
     lines = [table.title, "  ".join(str(c).ljust(w) for c, w in zip(table.columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(lines)
+
+
+def _signed_map(values: Any, vmax: float | None = None) -> np.ndarray:
+    """A signed (C, H, W) or (H, W) map as an RGB image: red > 0 (supports the class), blue < 0, white 0."""
+    from .png import signed_to_rgb
+
+    a = _display(values)
+    if a.ndim == 3:                       # channels first: sum them (the map of a pixel)
+        a = a.sum(0)
+    return signed_to_rgb(a, vmax)
+
+
+def explanation_strips(model: Any, runs: Sequence[MethodRun], X_shown: Any, *, features: Sequence[str] = (),
+                       sensitivity: bool = True, train_display: Any = None, train_labels: Any = None,
+                       class_names: Sequence[str] | None = None, k: int = 2,
+                       feature_options: dict[str, Any] | None = None) -> list[list[ImageStrip]]:
+    """Per shown (image) test point: a feature-attribution strip, and per representer run a sensitivity figure.
+
+    Feature attribution (:func:`precedents.features.feature_attributions`) explains the class the first run
+    explains. The sensitivity figure follows seed 001's zebra/moose figure: the test image, the gradient of the
+    explained logit (its whole sensitivity map), and the ``k`` most positive and ``k`` most negative training
+    examples, each beside its decomposed map ``J_f(x_t)^T w_i`` (:mod:`precedents.sensitivity`); the decomposed
+    maps of one figure share one colour scale, so their strengths compare. Returns one list per test point.
+    """
+    from ..methods import RepresenterL2, RepresenterLJE
+
+    X_shown = torch.as_tensor(X_shown)
+    strips: list[list[ImageStrip]] = [[] for _ in range(len(X_shown))]
+    if X_shown.ndim < 3 or not runs:      # images only: a tabular point's maps are not pictures
+        return strips
+    target = runs[0].attribution.target
+    if features:
+        from ..features import FEATURE_METHODS, feature_attributions
+
+        maps = feature_attributions(model, X_shown, target, list(features), **(feature_options or {}))
+        units = "; ".join(f"{name}: {FEATURE_METHODS[name]}" for name in maps)
+        for t in range(len(X_shown)):
+            images = [("test image", _display(X_shown[t]))]
+            images += [(f"{name} (max |v| {float(m[t].abs().max()):.3g})", _signed_map(m[t]))
+                       for name, m in maps.items()]
+            strips[t].append(ImageStrip(
+                f"Which pixels: feature attribution for class {_label(target[t], class_names)}", images,
+                f"Red supports the class, blue opposes it; each map on its own symmetric scale. {units}."))
+    if sensitivity:
+        from ..sensitivity import top_sensitivity_maps
+
+        for run in runs:
+            if not isinstance(run.explainer, (RepresenterL2, RepresenterLJE)):
+                continue
+            pos, neg = top_sensitivity_maps(run.explainer, X_shown, k, run.attribution.target)
+            for t in range(len(X_shown)):
+                vmax = float(torch.cat([pos.maps[t].flatten(), neg.maps[t].flatten()]).abs().max())
+                images = [("test image", _display(X_shown[t])),
+                          (f"whole map (sum over all {run.attribution.n_train})", _signed_map(pos.total[t]))]
+                for sm in (pos, neg):
+                    for j, i in enumerate(sm.train_indices[t].tolist()):
+                        label = "" if train_labels is None else f", label {_label(train_labels[i], class_names)}"
+                        shown = _display(train_display[i]) if train_display is not None else np.zeros((2, 2))
+                        images += [(f"train id {i}{label}, score {float(sm.scores[t, j]):+.3g}", shown),
+                                   ("its decomposed map", _signed_map(sm.maps[t, j], vmax))]
+                strips[t].append(ImageStrip(
+                    f"{run.name}: sensitivity map of class {_label(pos.target[t], class_names)}, decomposed over "
+                    "training examples", images,
+                    "d logit / d input split into one map per training example (seed 001, section 4.3): the "
+                    "maps of all training examples add up to the whole map. Red raises the logit, blue lowers "
+                    f"it; the decomposed maps share one scale (max |v| {vmax:.3g} logit per unit of input).",
+                    groups=[("TEST", 2), ("POSITIVE", 2 * pos.maps.shape[1]), ("NEGATIVE", 2 * neg.maps.shape[1])]))
+    return strips

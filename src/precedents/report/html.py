@@ -26,6 +26,7 @@ from .png import encode_png, signed_to_rgb, to_data_uri, upscale
 
 __all__ = [
     "Example",
+    "ImageStrip",
     "MethodPanel",
     "Case",
     "Table",
@@ -64,6 +65,21 @@ class MethodPanel:
 
 
 @dataclass
+class ImageStrip:
+    """A captioned row of images under a case: feature attributions, or a sensitivity-map decomposition.
+
+    ``images``: (caption, image) pairs; an image is grayscale/RGB in [0, 1] (a signed map is passed already
+    coloured, e.g. with :func:`~precedents.report.png.signed_to_rgb`). ``groups`` optionally splits the row
+    into labelled groups of consecutive images: (label, count) pairs.
+    """
+
+    title: str
+    images: list[tuple[str, np.ndarray]]
+    note: str | None = None
+    groups: list[tuple[str, int]] | None = None
+
+
+@dataclass
 class Case:
     """One test point explained by several methods."""
 
@@ -71,6 +87,7 @@ class Case:
     test: Example
     panels: list[MethodPanel]  # shown side by side (columns), positives row above negatives row
     extra_images: list[tuple[str, np.ndarray]] = field(default_factory=list)  # optional captioned images
+    strips: list[ImageStrip] = field(default_factory=list)  # full-width rows under the panels
 
 
 @dataclass
@@ -276,6 +293,24 @@ def _panel(panel: MethodPanel) -> str:
     )
 
 
+def _figure(caption: str, image: np.ndarray) -> str:
+    return (f'<figure class="extra">{_img_tag(image, EXAMPLE_IMAGE_PX, str(caption), signed=True)[0]}'
+            f"<figcaption>{_esc(caption)}</figcaption></figure>")
+
+
+def _strip(strip: ImageStrip) -> str:
+    groups = strip.groups or [("", len(strip.images))]
+    parts, start = [], 0
+    for label, count in groups:
+        figures = "".join(_figure(c, img) for c, img in strip.images[start:start + count])
+        head = f'<div class="glabel">{_esc(label)}</div>' if label else ""
+        parts.append(f'<div class="sgroup">{head}<div class="sfigs">{figures}</div></div>')
+        start += count
+    note = f'<div class="note">{_esc(strip.note)}</div>' if strip.note else ""
+    return f'<div class="strip"><h3 class="method">{_esc(strip.title)}</h3>{note}<div class="sgroups">' \
+           f'{"".join(parts)}</div></div>'
+
+
 def _case(case: Case, number: int) -> str:
     extras = "".join(
         f'<figure class="extra">{_img_tag(img, TEST_IMAGE_PX, str(cap), signed=True)[0]}'
@@ -289,7 +324,7 @@ def _case(case: Case, number: int) -> str:
         f'<h2><span class="casenum">Case {number}</span> {_esc(case.title)}</h2>'
         f'<div class="casebody"><div class="testcol"><div class="colhead">TEST</div>'
         f"{_card(case.test, 'test')}{extras}</div>"
-        f'<div class="panels">{panels}</div></div></section>'
+        f'<div class="panels">{panels}</div></div>{"".join(_strip(s) for s in case.strips)}</section>'
     )
 
 
@@ -391,6 +426,11 @@ table.kv td{text-align:right;padding:1px 0}
 figure.extra{margin:0;font-size:11.5px;color:var(--muted)}
 figure.extra figcaption{margin-top:3px;max-width:140px}
 footer{font-size:12px;color:var(--muted);margin-top:8px}
+.strip{border-top:1px solid var(--line);margin-top:14px;padding-top:10px}
+.sgroups,.sfigs{display:flex;flex-wrap:wrap;gap:10px}
+.sgroups{gap:18px}
+.sgroup{border:1px solid var(--line);border-radius:6px;padding:6px 8px;background:#fcfcfd}
+.glabel{font-size:11px;font-weight:700;letter-spacing:.06em;color:var(--muted);margin-bottom:4px}
 @media (max-width:900px){.casebody{flex-direction:column}.testcol{border-right:0;padding-right:0}}
 @media print{body{background:#fff}.case,.tablebox,.card{break-inside:avoid}}
 """
