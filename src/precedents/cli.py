@@ -1,9 +1,10 @@
-"""Command line: ``precedents demo``, ``precedents explain`` and ``precedents evaluate``."""
+"""Command line: ``precedents demo``, ``precedents explain``, ``precedents evaluate`` and ``precedents debug``."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import sys
 import time
@@ -20,6 +21,9 @@ METHODS = {"rps-l2": "RPS-l2", "rps-lje": "RPS-LJE"}
 #: ``(out_dir, cache_dir, *, k, progress)`` and writes ``report.html`` into ``out_dir``.
 DEMO_TASKS: dict[str, tuple[str, str]] = {
     "mnist": ("a CNN trained on the full MNIST (default)", ".demo:run_demo"),
+    "german": ("XGBoost on German credit, precedents as table rows", ".demo_tabular:run_german_demo"),
+    "compas": ("XGBoost on COMPAS two-year recidivism, precedents as table rows", ".demo_tabular:run_compas_demo"),
+    "lstm": ("an LSTM reading MNIST row by row (sequential MNIST)", ".demo_sequence:run_lstm_demo"),
 }
 
 
@@ -75,16 +79,71 @@ def load_model(args: argparse.Namespace) -> torch.nn.Module:
     return model.eval()
 
 
+def _feature_names(text: str | None) -> list[str]:
+    """``--features saliency,ig`` as a list, checked against precedents.features.FEATURE_METHODS."""
+    from .features import FEATURE_METHODS
+
+    names = [f.strip() for f in (text or "").split(",") if f.strip()]
+    unknown = [f for f in names if f not in FEATURE_METHODS]
+    if unknown:
+        raise PrecedentsError(f"Unknown feature attribution method(s) {', '.join(unknown)}; choose from "
+                              f"{', '.join(FEATURE_METHODS)}.")
+    return names
+
+
+def _feature_tables(args: argparse.Namespace, model: torch.nn.Module, runs: list, X: torch.Tensor, y: torch.Tensor,
+                    X_test: torch.Tensor, y_test: torch.Tensor | None, points: list[int], features: list[str],
+                    images: bool) -> list:
+    """Tables for ``explain``: feature attributions of tabular points (images get strips instead), and TCAV."""
+    from .report.html import Table
+
+    tables = []
+    if features and not images:
+        from .features import feature_attributions
+
+        target = runs[0].attribution.target
+        maps = feature_attributions(model, X_test[points], target, features, baseline=X.to(torch.float64).mean(0))
+        for j, p in enumerate(points):
+            order = torch.argsort(maps[features[0]][j].abs(), descending=True)[:15].tolist()
+            rows = [[f"x{i}", float(X_test[p][i]), *(float(maps[m][j][i]) for m in features)] for i in order]
+            tables.append(Table(f"Feature attribution, test point {p} (class {int(target[j])})",
+                                ["feature", "value", *features], rows,
+                                f"The 15 features with the largest |{features[0]}|; baseline: the training mean. "
+                                "Positive values support the class (logit units; saliency/smoothgrad per unit)."))
+    if args.tcav:
+        from .features import tcav
+
+        concept, _ = load_arrays(args.tcav)
+        g = torch.Generator().manual_seed(0)
+        randoms = [X[torch.randperm(len(X), generator=g)[:len(concept)]] for _ in range(5)]
+        labels = y_test if y_test is not None else runs[0].explainer.attribute(X_test).target
+        res = tcav(model, args.tcav_layer, concept.to(X.dtype), randoms, X_test, labels,
+                   concept_name=Path(args.tcav).stem)
+        tables.append(Table(f"TCAV: concept {Path(args.tcav).stem!r} at layer {args.tcav_layer}", res.columns,
+                            res.rows(), f"5 CAVs against random training sets (held-out accuracy "
+                            f"{res.cav_accuracy.mean():.2f}); score of class k: fraction of its test points whose "
+                            "logit k grows along the concept direction; p-value against random-vs-random CAVs."))
+    return tables
+
+
 def explain(args: argparse.Namespace) -> int:
     from .methods import RepresenterL2, RepresenterLJE
     from .report import write_html
     from .report.build import attribute_timed, build_report, table_text
 
+    if getattr(args, "xgboost", None) or getattr(args, "lightgbm", None):    # tree ensembles on tables
+        from .demo_tabular import explain_trees
+
+        return explain_trees(args)
     model = load_model(args)
     X, y = load_arrays(args.train)
     X_test, y_test = load_arrays(args.test)
     if y is None:
         raise PrecedentsError(f"{args.train} has no labels y: the training data needs them.")
+    features = _feature_names(args.features)
+    if args.tcav and not args.tcav_layer:
+        raise PrecedentsError("--tcav needs --tcav-layer NAME: the module whose output holds the concept "
+                              "activations (an intermediate layer, not the final linear layer's input).")
     points = [int(p) for p in args.points.split(",")] if args.points else list(range(min(4, len(X_test))))
     if max(points) >= len(X_test):
         raise PrecedentsError(f"--points asks for test point {max(points)}, but {args.test} has {len(X_test)}.")
@@ -107,12 +166,20 @@ def explain(args: argparse.Namespace) -> int:
     tabular_rows = None if images else [{f"x{j}": float(v) for j, v in enumerate(row)} for row in X.tolist()]
     test_rows = None if images else [{f"x{j}": float(v) for j, v in enumerate(row)}
                                      for row in X_test[points].tolist()]
+    strips = None
+    if images and (features or args.sensitivity):
+        from .report.build import explanation_strips
+
+        strips = explanation_strips(model, runs, X_test[points], features=features, sensitivity=args.sensitivity,
+                                    train_display=X, train_labels=y, k=2)
     report = build_report(
         "precedents: training examples behind each prediction",
         "Scores are contributions to the explained class's logit: positive = supports the prediction.",
         runs, fidelity_X=X_test, shown_labels=labels, shown_ids=points, cases=cases,
         train_display=X if images else None, train_labels=y, shown_display=X_test[points] if images else None,
-        train_rows=tabular_rows, test_rows=test_rows, k=args.k)
+        train_rows=tabular_rows, test_rows=test_rows, k=args.k,
+        extra_tables=_feature_tables(args, model, runs, X, y, X_test, y_test, points, features, images),
+        case_strips=strips)
     out = Path(args.out)
     path = write_html(report, out / "report.html")
     from .demo import write_top_k
@@ -294,6 +361,69 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+DEBUG_NOTE = ("Retraining after corrections refits only the final linear layer, on the features the given model "
+              "computes (frozen), to the exact optimum of mean cross-entropy + wd/2 ||theta||^2 with the "
+              "--weight-decay given; 'before' is the same refit on the uncorrected labels, so the change isolates "
+              "the corrections. Retrain the whole network yourself to measure more than that.")
+
+
+def debug(args: argparse.Namespace) -> int:
+    from .evaluate.mislabel import HeadRetrainer, accuracy, fix_and_retrain, mislabel, read_corrections
+    from .report.review import write_review
+
+    if args.weight_decay < 0 or args.damping < 0 or args.top < 1:
+        raise PrecedentsError("--weight-decay and --damping must be >= 0 and --top >= 1.")
+    model = _eager_linear(load_model(args))
+    X, y = load_arrays(args.train)
+    if y is None:
+        raise PrecedentsError(f"{args.train} has no labels y: debugging checks the given labels.")
+    if len(X) != len(y):
+        raise PrecedentsError(f"{args.train}: X has {len(X)} rows but y has {len(y)}.")
+    y = y.long().reshape(-1)
+    param = next(iter(model.parameters()), None)
+    if param is not None and param.is_floating_point() and X.is_floating_point():
+        X = X.to(param.dtype)
+    corrections = None
+    if args.corrections:                      # checked before the (slower) scores, so a bad file fails fast
+        if not args.test:
+            raise PrecedentsError("--corrections retrains and measures test accuracy: pass --test test.npz (with y).")
+        X_test, y_test = load_arrays(args.test)
+        if y_test is None:
+            raise PrecedentsError(f"{args.test} has no labels y: the test accuracy needs them.")
+        if X_test.is_floating_point() and param is not None and param.is_floating_point():
+            X_test = X_test.to(param.dtype)
+        retrain = HeadRetrainer(model, X, args.weight_decay, layer=args.layer)
+        corrections = read_corrections(args.corrections, len(X), retrain.head.n_classes)
+    l2 = args.l2 if args.l2 is not None else (args.weight_decay / 2 if args.weight_decay > 0 else 0.003)
+    checkpoints = [c for c in args.checkpoints.split(",") if c] if args.checkpoints else None
+    res = mislabel(model, X, y, args.methods, l2=l2, weight_decay=args.weight_decay, damping=args.damping,
+                   lje_damping=args.damping, params=args.params, layer=args.layer, checkpoints=checkpoints,
+                   seed=args.seed, progress=not args.quiet)
+    out = Path(args.out)
+    images = X if X.ndim >= 3 else None
+    rows = None if images is not None else [{f"x{j}": float(v) for j, v in enumerate(row)}
+                                            for row in X.reshape(len(X), -1).tolist()]
+    note = None
+    fixes: dict[str, Any] | None = None
+    if corrections is not None:
+        result = fix_and_retrain(retrain, y, corrections, X_test, y_test, n_classes=retrain.head.n_classes)
+        fixes = {**result.to_dict(), "n_corrections": len(corrections), "corrections": str(args.corrections),
+                 "model_accuracy": accuracy(model, X_test, y_test), "weight_decay": args.weight_decay,
+                 "note": DEBUG_NOTE}
+        note = (f"Corrections from {args.corrections}: {result.n_changed} labels changed; test accuracy with the "
+                f"last layer refit {result.accuracy_before:.2%} -> {result.accuracy_after:.2%} "
+                f"({result.change:+.2%}). {DEBUG_NOTE}")
+    html, csv_path = write_review(out, res, top=args.top, images=images, rows=rows, note=note)
+    scores = res.to_json(out / "scores.json")
+    for m in res.methods:
+        print(f"{m}: {res.seconds[m]:.2f} s; {res.units[m]}")
+    print(f"review: {html}, {csv_path}; all scores: {scores}")
+    if fixes is not None:
+        (out / "corrections.json").write_text(json.dumps(fixes, indent=2) + "\n", encoding="utf-8")
+        print(f"given model's test accuracy {fixes['model_accuracy']:.2%}\n{note}")
+    return 0
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="TorchScript file")
     parser.add_argument("--state-dict", help="state dict file (with --module)")
@@ -311,9 +441,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cache", default=None, help="cache directory (default $PRECEDENTS_CACHE or .cache/precedents)")
     demo.add_argument("--k", type=int, default=5)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--features", default=None, help="feature attribution methods to show, comma-separated "
+                      "(default for mnist: saliency,smoothgrad,ig,occlusion,lime; '' for none)")
+    demo.add_argument("--no-tcav", dest="tcav", action="store_false", help="skip the TCAV table")
     ex = sub.add_parser("explain", help="explain your own model on your own data")
     _model_arguments(ex)
-    ex.add_argument("--train", required=True, help=".npz or .pt with X and y")
+    ex.add_argument("--xgboost", help="XGBoost model file (.json or .ubj) instead of a torch model")
+    ex.add_argument("--lightgbm", help="LightGBM model file (.txt) instead of a torch model")
+    ex.add_argument("--label", help="label column of the --train/--test tables (tree models)")
+    ex.add_argument("--train", required=True, help=".npz or .pt with X and y; .csv or .parquet with a tree model")
     ex.add_argument("--test", required=True, help=".npz or .pt with X (and y, optional)")
     ex.add_argument("--layer", default=None, help="dotted name of the final nn.Linear (default: the last one)")
     ex.add_argument("--methods", default="rps-l2,rps-lje")
@@ -324,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--points", default=None, help="comma-separated test indices to show (default 0-3)")
     ex.add_argument("--overlap", type=int, default=200, help="test points for the top-k overlap table (0: skip)")
     ex.add_argument("--out", default="out/explain")
+    ex.add_argument("--features", default="", help="feature attribution beside the precedents, comma-separated "
+                    "from saliency,smoothgrad,ig,occlusion,lime (needs captum; default: none)")
+    ex.add_argument("--no-sensitivity", dest="sensitivity", action="store_false",
+                    help="image inputs: skip the sensitivity-map decomposition figure")
+    ex.add_argument("--tcav", default=None, help=".npz/.pt with X: example inputs of a concept (TCAV table)")
+    ex.add_argument("--tcav-layer", default=None, help="module whose output holds the activations for --tcav")
     ex.add_argument("--quiet", action="store_true")
     ev = sub.add_parser("evaluate", help="compare attribution methods with leave-one-out retraining (the truth)")
     _model_arguments(ev)
@@ -348,6 +490,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="out/evaluate")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--quiet", action="store_true")
+    db = sub.add_parser("debug", help="rank training labels to check first (mislabel detection); fix and retrain")
+    _model_arguments(db)
+    db.add_argument("--train", required=True, help=".npz or .pt with X and y (the labels to check)")
+    db.add_argument("--test", default=None, help=".npz or .pt with X and y: test accuracy after --corrections")
+    db.add_argument("--methods", default="rps-l2,rps-lje,influence-cg,loss",
+                    help="comma-separated: rps-l2, rps-lje, influence-{exact,cg,lissa,arnoldi}, tracin, loss, random")
+    db.add_argument("--top", type=int, default=100, help="examples in the review list")
+    db.add_argument("--weight-decay", type=float, default=0.0,
+                    help="L2 the model was trained with (mean loss + wd/2 ||theta||^2): influence, head refit")
+    db.add_argument("--l2", type=float, default=None, help="rps-l2 lambda (default wd / 2, or 0.003 if wd is 0)")
+    db.add_argument("--damping", type=float, default=0.0, help="influence and rps-lje damping")
+    db.add_argument("--params", choices=["head", "all"], default="head", help="parameters for influence")
+    db.add_argument("--layer", default=None, help="dotted name of the final nn.Linear (default: the last one)")
+    db.add_argument("--checkpoints", default=None, help="tracin: comma-separated state-dict files (default: "
+                    "the final weights only)")
+    db.add_argument("--corrections", default=None, help="CSV with header index,label: fix, refit the last layer, "
+                    "report the test accuracy change")
+    db.add_argument("--out", default="out/debug")
+    db.add_argument("--seed", type=int, default=0, help="seed of 'random' and of the stochastic solvers")
+    db.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -358,10 +520,19 @@ def main(argv: list[str] | None = None) -> int:
             module_name, function_name = DEMO_TASKS[args.task][1].split(":")
             run = getattr(importlib.import_module(module_name, __package__), function_name)
             out = args.out or ("out/demo" if args.task == "mnist" else f"out/demo-{args.task}")
-            run(out, args.cache, k=args.k, progress=not args.quiet)
+            options: dict[str, Any] = {} if args.features is None else {"features": _feature_names(args.features)}
+            if not args.tcav:
+                options["tcav"] = False
+            accepted = inspect.signature(run).parameters
+            if any(name not in accepted for name in options):
+                raise PrecedentsError(f"demo --task {args.task} has no feature attribution or TCAV: drop "
+                                      "--features / --no-tcav.")
+            run(out, args.cache, k=args.k, progress=not args.quiet, **options)
             return 0
         if args.command == "evaluate":
             return evaluate(args)
+        if args.command == "debug":
+            return debug(args)
         return explain(args)
     except PrecedentsError as err:
         print(f"precedents: error: {err}", file=sys.stderr)

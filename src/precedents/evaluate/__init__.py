@@ -10,17 +10,33 @@ from .loo import (
     warm_start_retrainer,
 )
 from .metrics import pearson, spearman
+from .mislabel import MislabelResult, detection_curve, detection_summary, fix_and_retrain, flip_labels, mislabel
 from .overlap import topk_agreement, topk_jaccard
+from .sanity import SanityResult, label_randomized_model, randomize_labels, reinitialize, sanity
+from .stability import StabilityResult, stability
 
 __all__ = [
     "LeaveOneOutResult",
     "LogisticRegressionRetrainer",
+    "MislabelResult",
+    "SanityResult",
+    "StabilityResult",
+    "detection_curve",
+    "detection_summary",
+    "fix_and_retrain",
     "fit_logistic_regression",
+    "flip_labels",
     "leave_one_out",
     "linear_datamodeling",
     "linear_datamodeling_score",
+    "mislabel",
+    "label_randomized_model",
     "pearson",
+    "randomize_labels",
+    "reinitialize",
+    "sanity",
     "spearman",
+    "stability",
     "topk_agreement",
     "topk_jaccard",
     "warm_start_retrainer",

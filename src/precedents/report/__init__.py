@@ -17,6 +17,7 @@ from .html import (
     write_html,
 )
 from .png import encode_png, signed_to_rgb, to_data_uri, upscale
+from .review import review_rows, write_review
 
 __all__ = [
     "Case",
@@ -32,4 +33,6 @@ __all__ = [
     "signed_to_rgb",
     "to_data_uri",
     "upscale",
+    "review_rows",
+    "write_review",
 ]
