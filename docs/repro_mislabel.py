@@ -17,11 +17,11 @@ Settings:
            warm-started from 5 epochs of SGD whose per-epoch weights are TracIn's checkpoints); 10% flipped.
            Retrain after fixing: the exact optimum again.
   cnn      10-class MNIST, 2,000 training images (seeded subset), 2,000 test images; MnistCNN (conv16-conv32-fc64-
-           fc10), Adam lr 1e-3, batch 128, no weight decay, trained until it fits the noisy labels (train accuracy
-           on the noisy labels ~100%); 20% flipped. Influence on the last layer (params="head") with damping 1e-3,
-           RPS-LJE damping 1e-3, RPS-l2 lambda 0.003 (the authors'); TracIn over all parameters at 5 checkpoints.
-           Retrain after fixing: the last layer refit on the frozen features (weight decay 1e-3), as the CLI does;
-           retraining the whole CNN 19 times did not fit the 2-core budget.
+           fc10), Adam lr 1e-3, batch 64, no weight decay, 150 epochs: it memorises the noisy labels (train
+           accuracy on the noisy labels 100%); 20% flipped. Influence on the last layer (params="head") with
+           damping 1e-3, RPS-LJE damping 1e-3, RPS-l2 lambda 0.003 (the authors'); TracIn over all parameters at
+           5 checkpoints.
+           Retrain after fixing: the whole CNN, same initialisation, schedule and seeds (about 40 s each).
   german   German credit (1,000 applicants), one-hot + standardised (train statistics), 700 train / 300 test
            (seeded split); logistic regression as for mnist17 (wd 0.01); 10% flipped.
 """
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import sys
 import time
@@ -42,7 +43,7 @@ from torch import nn
 
 from precedents.datasets import binary_subset, load_german_credit, load_mnist, one_hot
 from precedents.evaluate import fit_logistic_regression, flip_labels, mislabel
-from precedents.evaluate.mislabel import HeadRetrainer, accuracy, apply_corrections, oracle_corrections
+from precedents.evaluate.mislabel import accuracy, apply_corrections, oracle_corrections
 from precedents.models import MnistCNN, train_classifier
 
 DOCS = Path(__file__).resolve().parent
@@ -200,7 +201,7 @@ def run_german() -> dict:
                             {"title": "German credit, logistic regression", "retrain": "exact refit"})
 
 
-def run_cnn(epochs: int = 60, n_train: int = 2000, flip: float = 0.2, head_wd: float = 1e-3) -> dict:
+def run_cnn(epochs: int = 150, n_train: int = 2000, flip: float = 0.2, batch: int = 64) -> dict:
     X, y = load_mnist("train")
     keep = subset(len(X), n_train, SEED)
     Xte, yte = load_mnist("test")
@@ -218,7 +219,7 @@ def run_cnn(epochs: int = 60, n_train: int = 2000, flip: float = 0.2, head_wd: f
         done = 0
         while done < epochs:                         # same total schedule; Adam restarts at each chunk
             step = min(every, epochs - done)
-            train_classifier(model, Xtr, labels, epochs=step, seed=SEED + done, progress=False)
+            train_classifier(model, Xtr, labels, epochs=step, batch_size=batch, seed=SEED + done, progress=False)
             done += step
             if keep_checkpoints:
                 states.append(copy.deepcopy(model.state_dict()))
@@ -232,14 +233,21 @@ def run_cnn(epochs: int = 60, n_train: int = 2000, flip: float = 0.2, head_wd: f
           f"{train_acc:.4f}", flush=True)
     res, caught = scored(model, Xtr, noisy, flipped=flipped, l2=0.003, weight_decay=0.0, damping=1e-3,
                          lje_damping=1e-3, checkpoints=states, learning_rates=[1e-3] * len(states))
-    retrain = HeadRetrainer(model, Xtr, head_wd)            # last layer refit on the frozen features
+    retrained = {}
+
+    def retrain(labels: torch.Tensor) -> nn.Module:          # the whole CNN, same initialisation and schedule
+        key = hashlib.sha256(labels.numpy().tobytes()).hexdigest()
+        if key not in retrained:
+            retrained[key] = model if torch.equal(labels, noisy) else train(labels)[0]
+        return retrained[key]
+
     return finish("cnn", res, model, retrain, noisy, ytr, Xte, yte, 10,
-                  {"title": "MNIST 10 classes, CNN", "retrain": "last layer refit"}, {
-                      "model": "MnistCNN conv16-conv32-fc64-fc10, Adam lr 1e-3, batch 128, no weight decay",
+                  {"title": "MNIST 10 classes, CNN", "retrain": "whole CNN retrained"}, {
+                      "model": f"MnistCNN conv16-conv32-fc64-fc10, Adam lr 1e-3, batch {batch}, no weight decay",
                       "epochs": epochs, "train_seconds": train_seconds, "n_train": n_train, "n_test": len(Xte),
                       "flip_fraction": flip, "train_accuracy_noisy": train_acc, "warnings": caught,
-                      "retrain": f"last layer refit to the exact optimum on the frozen features (learned from the "
-                                 f"noisy labels), weight decay {head_wd}; the whole CNN is not retrained",
+                      "retrain": "the whole CNN retrained from the same initialisation with the same schedule "
+                                 "and seeds on the fixed labels",
                       "settings": {"l2": 0.003, "influence": "params=head, damping 1e-3", "lje_damping": 1e-3,
                                    "lissa_depth": 100, "arnoldi_rank": 50,
                                    "tracin": f"all parameters, {len(states)} checkpoints every {every} epochs, "

@@ -48,6 +48,20 @@ def test_csv_tables_reach_the_saved_model_as_it_was_trained(saved):
         assert torch.equal(from_csv[:, 0], own)
 
 
+def test_parquet_tables_read_like_csv(saved):
+    """A Parquet file of the same table (typed columns, categories stored as text) gives the same margins."""
+    pytest.importorskip("pyarrow")
+    folder, model, Xtr, ytr, _, _ = saved
+    import pandas as pd
+
+    pd.read_csv(folder / "train.csv").to_parquet(folder / "train.parquet", index=False)   # plain text and bools
+    frame, labels = read_table(folder / "train.parquet", "credit")
+    assert np.array_equal(labels, ytr)
+    head = TreeHead(load_tree_model(folder / "model.ubj"), progress=False)
+    own = model.get_booster().predict(xgb.DMatrix(Xtr, enable_categorical=True), output_margin=True)
+    assert torch.equal(head.run(head.batches(frame, labels)).logits[:, 0], torch.as_tensor(own, dtype=torch.float64))
+
+
 def test_explain_writes_report_and_the_same_precedents_as_the_python_api(saved, capsys):
     folder, model, Xtr, ytr, Xte, _ = saved
     out = folder / "out"
