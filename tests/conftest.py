@@ -89,3 +89,12 @@ def mnist_cnn(mnist_small):
             nn.functional.cross_entropy(model(Xtr[idx]), ytr[idx]).backward()
             opt.step()
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for modules of many small solves: thread hand-offs dominate them on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 
@@ -49,3 +51,17 @@ def check_labels(labels: torch.Tensor, n_classes: int, n_examples: int, name: st
             "indices in the order of the model's outputs."
         )
     return labels
+
+
+def parse_methods(methods: str | Iterable[str], known: Iterable[str], what: str = "method") -> list[str]:
+    """Method keys from a comma-separated string or a list: each known, none twice, at least one."""
+    keys = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else [str(m).strip() for m in methods]
+    keys = [k for k in keys if k]
+    known = list(known)
+    unknown = [k for k in keys if k not in known]
+    if not keys or unknown:
+        raise PrecedentsError(f"Unknown {what}(s) {', '.join(unknown) or '(none given)'}; choose from "
+                              f"{', '.join(known)}.")
+    if len(set(keys)) != len(keys):
+        raise PrecedentsError(f"A {what} is named twice in {', '.join(keys)}.")
+    return keys

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import PrecedentsError
+from ._validation import PrecedentsError, parse_methods
 
 METHODS = {"rps-l2": "RPS-l2", "rps-lje": "RPS-LJE"}
 #: ``precedents demo --task NAME``: (what it explains, "module:function"); each function takes
@@ -262,13 +262,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from .report.build import table_text
     from .report.html import Table
 
-    keys = [k.strip() for k in args.methods.split(",") if k.strip()]
-    unknown = [k for k in keys if k not in EVALUATE_METHODS]
-    if not keys or unknown:
-        raise PrecedentsError(f"Unknown method(s) {', '.join(unknown) or '(none given)'}; choose from "
-                              f"{', '.join(EVALUATE_METHODS)}.")
-    if len(set(keys)) != len(keys):
-        raise PrecedentsError("--methods names a method twice.")
+    keys = parse_methods(args.methods, EVALUATE_METHODS)
     if args.points < 1 or args.test_points < 1:
         raise PrecedentsError(f"--points and --test-points must be >= 1, got {args.points} and {args.test_points}.")
     if args.weight_decay < 0 or args.damping < 0:

@@ -69,7 +69,22 @@ def _is_linear(module: nn.Module) -> bool:
                                              and getattr(module, "original_name", None) == "Linear")
 
 
-class TorchHead:
+class LinkFromOutputs:
+    """The link and class count every head derives from its number of outputs: one output is a sigmoid head over
+    two classes, C >= 2 outputs a softmax head over C classes."""
+
+    n_outputs: int
+
+    @property
+    def link(self) -> str:
+        return "sigmoid" if self.n_outputs == 1 else "softmax"
+
+    @property
+    def n_classes(self) -> int:
+        return 2 if self.n_outputs == 1 else self.n_outputs
+
+
+class TorchHead(LinkFromOutputs):
     """Adapter for an ``nn.Module`` classifier.
 
     Parameters
@@ -136,14 +151,6 @@ class TorchHead:
     @property
     def n_outputs(self) -> int:
         return self.layer.out_features
-
-    @property
-    def link(self) -> str:
-        return "sigmoid" if self.n_outputs == 1 else "softmax"
-
-    @property
-    def n_classes(self) -> int:
-        return 2 if self.n_outputs == 1 else self.n_outputs
 
     def theta(self) -> torch.Tensor:
         """Head weights ``(C, d)`` in float64 with the bias as last column."""

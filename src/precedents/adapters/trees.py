@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from .._validation import PrecedentsError
 from ..data import Batches, Fingerprint
-from .torch import HeadFeatures
+from .torch import HeadFeatures, LinkFromOutputs
 
 #: What ``TreeHead`` accepts, named in every refusal.
 TREE_FAMILIES = ("XGBoost (XGBClassifier, or a Booster with a binary:logistic, binary:logitraw, multi:softprob "
@@ -502,7 +502,7 @@ def ensemble_of(model: Any) -> _Ensemble:
 # The adapter
 # --------------------------------------------------------------------------------------------------------------
 
-class TreeHead:
+class TreeHead(LinkFromOutputs):
     r"""Adapter for tree ensembles: features = each tree's output plus a constant 1, a fixed 0/1 head.
 
     See the module docstring for the binary and multi-class forms. ``run`` returns features (n, T + 1) float64
@@ -531,14 +531,6 @@ class TreeHead:
     @property
     def n_outputs(self) -> int:
         return self.ensemble.n_outputs
-
-    @property
-    def link(self) -> str:
-        return "sigmoid" if self.n_outputs == 1 else "softmax"
-
-    @property
-    def n_classes(self) -> int:
-        return 2 if self.n_outputs == 1 else self.n_outputs
 
     @property
     def n_trees(self) -> int:

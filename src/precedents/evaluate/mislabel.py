@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import PrecedentsError
+from .._validation import PrecedentsError, parse_methods
 from .metrics import rankdata
 
 __all__ = [
@@ -303,15 +303,7 @@ def _options(options: SelfScoreOptions | None, kwargs: dict[str, Any]) -> SelfSc
 
 
 def _methods(methods: Iterable[str] | str) -> list[str]:
-    keys = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
-    keys = [k for k in keys if k]
-    unknown = [k for k in keys if k not in SELF_SCORES]
-    if not keys or unknown:
-        raise PrecedentsError(f"Unknown self-score method(s) {', '.join(unknown) or '(none given)'}; choose from "
-                              f"{', '.join(SELF_SCORES)}.")
-    if len(set(keys)) != len(keys):
-        raise PrecedentsError("A self-score method is named twice.")
-    return keys
+    return parse_methods(methods, SELF_SCORES, "self-score method")
 
 
 def _labels(y: Any) -> torch.Tensor:
