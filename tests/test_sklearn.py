@@ -248,7 +248,8 @@ def test_errors_for_unsupported_estimators(cancer_np, digits_np):
         (OneVsRestClassifier(LogisticRegression()).fit(Xtr, ytr), "one binary model per class"),
         (SGDClassifier(loss="log_loss").fit(*digits_np[:2]), "one-vs-rest"),
         (SGDClassifier(loss="hinge").fit(Xtr, ytr), "log_loss"),
-        (LinearSVC().fit(Xtr, ytr), "squared hinge"),
+        (LinearSVC(loss="hinge", dual=True, max_iter=5000).fit(Xtr, ytr), "hinge loss has no second derivative"),
+        (LinearSVC(dual=False).fit(*digits_np[:2]), "one-vs-rest"),
         (LogisticRegression(class_weight="balanced").fit(Xtr, ytr), "class_weight"),
         (make_pipeline(StandardScaler(), LogisticRegression()).fit(Xtr, ytr), "Pipeline"),
         (LogisticRegression(), "not fitted"),
@@ -270,3 +271,95 @@ def test_errors_for_mismatched_columns(cancer_np):
         ok.attribute(pd.DataFrame(Xtr[:3, ::-1], columns=columns[::-1]))
     with pytest.raises(PrecedentsError, match=r"expects \(n, 30\)"):
         ok.attribute(Xtr[:3, :29])
+
+
+# -- LinearSVC: the squared hinge ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cancer_svc(cancer_np):
+    Xtr, ytr, _, _ = cancer_np
+    return LinearSVC(C=0.1, tol=1e-10, max_iter=100000, dual=False).fit(Xtr, ytr)
+
+
+def test_linear_svc_conversion_and_objective(cancer_np, cancer_svc):
+    Xtr, ytr, Xte, _ = cancer_np
+    n = len(Xtr)
+    assert np.abs(_logits(cancer_svc, Xte)[:, 0].numpy() - cancer_svc.decision_function(Xte)).max() < 1e-10
+    inf = pc.InfluenceFunction(cancer_svc, solver="exact", progress=False).fit(Xtr, ytr)
+    assert inf.head_.link == "squared_hinge"
+    # liblinear: C sum_i l_i + 1/2 ||w||^2, intercept penalised (intercept_scaling 1): 1/(C n) everywhere
+    assert torch.allclose(inf.weight_decay_, torch.full((1, 31), 1 / (0.1 * n), dtype=torch.float64))
+    assert inf.relative_stationarity_ < 1e-6                        # measured 1.5e-9
+    wrong = torch.cat([inf.weight_decay_[:, :-1], torch.zeros(1, 1, dtype=torch.float64)], 1)
+    off = pc.InfluenceFunction(cancer_svc, solver="exact", weight_decay=wrong, progress=False).fit(Xtr, ytr)
+    assert off.relative_stationarity_ > 1e4 * inf.relative_stationarity_   # intercept read as unpenalised: 8e-4
+
+
+def test_squared_hinge_derivatives_match_autograd(cancer_np, cancer_svc):
+    Xtr, ytr, _, _ = cancer_np
+    inf = pc.InfluenceFunction(cancer_svc, solver="exact", progress=False).fit(Xtr, ytr)
+    cur = inf.curvature_
+    features, wd = cur.features, inf.weight_decay_.reshape(-1)
+    s = torch.from_numpy(2.0 * ytr - 1)
+    noise = torch.randn(31, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    theta = cur.theta.reshape(-1) + 0.05 * noise                      # away from the optimum: a real check
+
+    def objective(t: torch.Tensor) -> torch.Tensor:                   # the explicit LinearSVC objective / (C n)
+        margin = s * (features @ t)
+        return torch.where(margin < 1, (1 - margin) ** 2, torch.zeros_like(margin)).mean() + 0.5 * (wd * t * t).sum()
+
+    shifted = type(cur)(features, features @ theta[:, None], inf.labels_, theta.reshape(1, -1), "squared_hinge", wd)
+    grad = torch.func.grad(objective)(theta)
+    assert torch.allclose(shifted.mean_gradient().reshape(-1), grad, rtol=1e-12, atol=1e-14)
+    hess = torch.func.hessian(objective)(theta)
+    assert torch.allclose(shifted.hessian(), hess, rtol=1e-12, atol=1e-14)
+    v = torch.randn(3, 31, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(shifted.hvp(v), v @ hess, rtol=1e-12, atol=1e-14)
+    # params="all" differentiates the converted module with the squared-hinge loss: the same influence
+    Xte = cancer_np[2][:5]
+    yte = cancer_np[3][:5]
+    full = pc.InfluenceFunction(cancer_svc, params="all", solver="exact", progress=False).fit(Xtr, ytr)
+    a, b = inf.attribute(Xte, yte), full.attribute(Xte, yte)
+    assert torch.allclose(a.scores, b.scores, rtol=1e-8, atol=1e-12)
+    assert torch.allclose(a.model_output, b.model_output, atol=1e-12)
+
+
+def test_svc_influence_matches_sklearn_leave_one_out(cancer_np, cancer_svc):
+    Xtr, ytr, Xte, yte = cancer_np
+    sign = 2 * yte - 1
+    inside = np.where(sign * cancer_svc.decision_function(Xte) < 1)[0][:5]   # test points with a positive loss
+    Xt, yt = Xte[inside], yte[inside]
+    scores = pc.InfluenceFunction(cancer_svc, solver="exact", progress=False).fit(Xtr, ytr).attribute(Xt, yt).scores
+
+    def test_loss(m):
+        return np.maximum(0.0, 1 - (2 * yt - 1) * m.decision_function(Xt)) ** 2
+
+    base = test_loss(cancer_svc)
+    idx = np.random.default_rng(0).choice(len(Xtr), 30, replace=False)
+    truth = np.zeros((len(Xt), len(idx)))
+    for j, i in enumerate(idx):
+        keep = np.ones(len(Xtr), dtype=bool)
+        keep[i] = False
+        truth[:, j] = test_loss(clone(cancer_svc).fit(Xtr[keep], ytr[keep])) - base
+    # a training point outside the margin has zero gradient: predicted 0, and removing it changes nothing
+    outside = (2 * ytr[idx] - 1) * cancer_svc.decision_function(Xtr[idx]) > 1
+    assert outside.any() and not scores[:, idx[outside]].any()
+    assert np.abs(truth[:, outside]).max() < 1e-4 * np.abs(truth).max()       # liblinear's tolerance: 3e-8
+    # below logistic regression's 0.998: a removal can move other points across the margin (measured 0.919)
+    assert pearson(scores[:, idx].reshape(-1), torch.from_numpy(truth).reshape(-1)) >= 0.85
+
+
+def test_svc_representer_lje_and_refusals(cancer_np, cancer_svc):
+    Xtr, ytr, Xte, _ = cancer_np
+    lje = pc.RepresenterLJE(cancer_svc, progress=False).fit(Xtr, ytr)
+    res = lje.attribute(Xte)
+    assert float((res.scores.sum(1) - res.explained).abs().max()) < 1e-8
+    assert float((res.explained - res.model_output).abs().max()) < 1e-5       # at liblinear's optimum (7e-8)
+    fid = lje.fidelity(Xte)
+    assert fid["prediction_agreement"] == 1.0 and np.isnan(fid["max_probability_difference"])
+    with pytest.raises(PrecedentsError, match="no class probabilities|has none"):
+        pc.RepresenterL2(cancer_svc, progress=False).fit(Xtr, ytr)
+    from precedents.methods.perturbation import perturbation_influence
+
+    inf = pc.InfluenceFunction(cancer_svc, solver="exact", progress=False).fit(Xtr, ytr)
+    with pytest.raises(PrecedentsError, match="not implemented for a squared-hinge"):
+        perturbation_influence(inf, Xtr[:2], ytr[:2], Xte[:1], cancer_np[3][:1])

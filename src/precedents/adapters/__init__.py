@@ -7,7 +7,8 @@ The adapters are the only place that knows a model family. Every adapter offers 
 * ``run(batches, what=...) -> HeadFeatures``: features (n, d) float64 with the constant column, the model's own
   logits (n, C), labels and a data fingerprint;
 * ``theta()``: the (C, d) head, ``logits = features @ theta.T``;
-* ``link`` (``"softmax"``/``"sigmoid"``), ``n_outputs``, ``n_classes``, ``layer_name``, ``fingerprint()``;
+* ``link`` (``"softmax"``/``"sigmoid"``, or ``"squared_hinge"`` for a LinearSVC), ``n_outputs``, ``n_classes``,
+  ``layer_name``, ``fingerprint()``;
 * ``weight_decay(n_train)``: the training objective's l2 strength in *mean-loss* units (objective
   ``mean loss + 1/2 sum wd * theta^2``) for a training set of ``n_train`` examples, a (C, d) tensor (0 where a
   parameter is not penalised, e.g. an intercept), or None when the adapter cannot know it;
@@ -24,7 +25,8 @@ from .torch import ForwardFn, HeadFeatures, TorchHead
 
 SUPPORTED_FAMILIES = (
     "torch.nn.Module classifiers ending in nn.Linear; "
-    "scikit-learn LogisticRegression, SGDClassifier (loss='log_loss') and MLPClassifier; "
+    "scikit-learn LogisticRegression, SGDClassifier (loss='log_loss'), LinearSVC (binary, loss='squared_hinge') "
+    "and MLPClassifier; "
     "XGBoost (XGBClassifier or Booster), LightGBM (LGBMClassifier or Booster), scikit-learn "
     "GradientBoostingClassifier and HistGradientBoostingClassifier (random forests are refused: they average "
     "probabilities and have no logit head)"

@@ -16,9 +16,17 @@ Supported (everything else gets a :class:`~precedents.PrecedentsError` naming th
   weight decay ``alpha / n`` on coefficients, 0 on intercepts (``parameter_weight_decay`` gives it per parameter
   for ``InfluenceFunction(params="all")``). With ``early_stopping=True`` it was trained on a subset that is not
   stored, so the objective given here is only approximately the one it was trained on.
+* ``LinearSVC``, binary, ``loss="squared_hinge"`` (its default), ``penalty="l2"``: one output with the link
+  ``"squared_hinge"``, ``l_i = max(0, 1 - s_i z_i)^2`` with ``s_i = +-1`` and ``z`` the ``decision_function``
+  (see :mod:`precedents.linalg.head`). liblinear minimises ``C sum_i l_i + 1/2 ||w||^2`` with the intercept the
+  weight of a synthetic feature of value ``intercept_scaling`` s, so it is penalised: weight decay ``1 / (C n)``
+  on the coefficients and ``1 / (C n s^2)`` on the intercept, exactly as for liblinear's LogisticRegression.
+  Influence scores are then in squared-margin units (the test loss is the squared hinge), representer scores in
+  decision-function units. RPS-l2 is refused (it refits to probabilities, which a max-margin model has none of).
 
-Refused, with the reason: ``LinearSVC`` (hinge loss has no Hessian; the squared hinge's curvature
-``2 1[y m < 1] f f^T`` is piecewise constant and not implemented), l1 and elastic-net penalties (not twice
+Refused, with the reason: ``LinearSVC`` with ``loss="hinge"`` (no second derivative: its curvature is zero
+almost everywhere and a Dirac at the margin) or with several classes (one-vs-rest: one binary problem per class,
+not one softmax model), l1 and elastic-net penalties (not twice
 differentiable), one-vs-rest models (``OneVsRestClassifier``, multi-class ``SGDClassifier``: not a softmax model,
 each class is its own binary problem), ``class_weight`` (a weighted objective; sample weights passed to ``fit``
 are not stored by scikit-learn and cannot be detected: the objective here assumes none), pipelines, regressors
@@ -45,7 +53,8 @@ from ..data import Batches, DataLike
 from .torch import TorchHead
 
 SKLEARN_SUPPORTED = ("LogisticRegression (l2 or no penalty; binary or multinomial), SGDClassifier "
-                     "(loss='log_loss', binary, l2 or no penalty) and MLPClassifier (single-label)")
+                     "(loss='log_loss', binary, l2 or no penalty), LinearSVC (binary, loss='squared_hinge', "
+                     "penalty='l2') and MLPClassifier (single-label)")
 
 #: Name of the converted module's final linear layer (the head).
 HEAD_LAYER = "out"
@@ -96,15 +105,42 @@ def _convert_logistic(model: Any) -> tuple[nn.Module, dict[str, Callable[[int], 
         raise _refuse(model, "it was fitted one-vs-rest (multi_class='ovr' or solver='liblinear'): each class is a "
                              "separate binary problem, not a softmax model. Refit with a multinomial solver "
                              "(e.g. 'lbfgs').")
+    module, decay = _linear_head(model, inv_c, liblinear=model.solver == "liblinear")
+    link = "sigmoid" if n_classes == 2 else "softmax"
+    return module, decay, f"LogisticRegression ({link})"
+
+
+def _linear_head(model: Any, inv_c: float, *, liblinear: bool) -> tuple[nn.Module, dict[str, Callable[[int], float]]]:
+    """The one-layer module of a ``C sum_i l_i + 1/2 ||w||^2`` linear model and its weight decay in mean-loss units:
+    ``inv_c / n`` (``inv_c = 1/C``) on the coefficients; on the intercept 0, or for liblinear, which penalises it as
+    the weight of a synthetic feature of value ``intercept_scaling`` s, ``inv_c / (n s^2)``."""
     fit_intercept = bool(model.fit_intercept)
     layer = _linear(model.coef_, model.intercept_ if fit_intercept else None)
     decay = {f"{HEAD_LAYER}.weight": lambda n: inv_c / n}
     if fit_intercept:
         scale = float(getattr(model, "intercept_scaling", 1.0))
-        intercept = inv_c / scale**2 if model.solver == "liblinear" else 0.0
+        intercept = inv_c / scale**2 if liblinear else 0.0
         decay[f"{HEAD_LAYER}.bias"] = lambda n: intercept / n
-    link = "sigmoid" if n_classes == 2 else "softmax"
-    return nn.Sequential(OrderedDict([(HEAD_LAYER, layer)])), decay, f"LogisticRegression ({link})"
+    return nn.Sequential(OrderedDict([(HEAD_LAYER, layer)])), decay
+
+
+def _convert_linear_svc(model: Any) -> tuple[nn.Module, dict[str, Callable[[int], float]], str]:
+    if model.loss != "squared_hinge":
+        raise _refuse(model, f"loss={model.loss!r}: the hinge loss has no second derivative (its curvature is zero "
+                             "almost everywhere and infinite at the margin), so it has no Hessian for influence or "
+                             "RPS-LJE. Refit with loss='squared_hinge' (the default).")
+    if model.penalty != "l2":
+        raise _refuse(model, f"penalty={model.penalty!r} is not twice differentiable. Refit with penalty='l2'.")
+    _check_no_class_weight(model)
+    if len(model.classes_) > 2:
+        raise _refuse(model, f"with {len(model.classes_)} classes LinearSVC is one-vs-rest "
+                             f"(multi_class={model.multi_class!r}): independent binary problems, not one softmax "
+                             "model. Explain a binary LinearSVC per class, or use LogisticRegression.")
+    if model.multi_class != "ovr":
+        raise _refuse(model, f"multi_class={model.multi_class!r} optimises the Crammer-Singer objective, not the "
+                             "squared hinge. Refit with multi_class='ovr' (the default).")
+    module, decay = _linear_head(model, 1.0 / float(model.C), liblinear=True)
+    return module, decay, "LinearSVC (squared hinge)"
 
 
 def _convert_sgd(model: Any) -> tuple[nn.Module, dict[str, Callable[[int], float]], str]:
@@ -161,10 +197,6 @@ def _convert(model: Any) -> tuple[nn.Module, dict[str, Callable[[int], float]], 
     from sklearn.svm import LinearSVC
 
     name = type(model).__name__
-    if isinstance(model, LinearSVC):
-        raise _refuse(model, f"loss={model.loss!r}: the hinge loss has no Hessian, and the squared hinge's "
-                             "curvature 2 1[y m < 1] f f^T (piecewise constant, once differentiable) is not "
-                             "implemented. Fit a LogisticRegression instead.")
     if type(model).__module__.startswith("sklearn.multiclass"):
         raise _refuse(model, f"{name} combines one binary model per class (or pair): not a softmax model.")
     if type(model).__module__.startswith("sklearn.pipeline") or hasattr(model, "steps"):
@@ -173,7 +205,7 @@ def _convert(model: Any) -> tuple[nn.Module, dict[str, Callable[[int], float]], 
     if not is_classifier(model):
         raise _refuse(model, "it is not a classifier (precedents explains classifiers' logits).")
     kinds = ((LogisticRegression, "coef_", _convert_logistic), (SGDClassifier, "coef_", _convert_sgd),
-             (MLPClassifier, "coefs_", _convert_mlp))
+             (MLPClassifier, "coefs_", _convert_mlp), (LinearSVC, "coef_", _convert_linear_svc))
     for cls, fitted_attr, convert in kinds:
         if isinstance(model, cls):
             if not hasattr(model, fitted_attr):
@@ -188,7 +220,8 @@ class SklearnHead(TorchHead):
 
     ``model`` is the converted module (so ``params="all"`` differentiates an MLP through torch.func),
     ``estimator`` the scikit-learn object. ``weight_decay(n)`` and ``parameter_weight_decay(n)`` give the
-    estimator's regularisation in mean-loss units (see the module docstring for each family).
+    estimator's regularisation in mean-loss units (see the module docstring for each family). ``link`` is
+    ``"squared_hinge"`` for a LinearSVC, else derived from the number of outputs (sigmoid or softmax).
     """
 
     def __init__(self, estimator: Any, module: nn.Module, decay: dict[str, Callable[[int], float]],
@@ -201,6 +234,12 @@ class SklearnHead(TorchHead):
         self.n_features = int(estimator.n_features_in_)
         names = getattr(estimator, "feature_names_in_", None)
         self.feature_names = None if names is None else [str(c) for c in names]
+
+    @property
+    def link(self) -> str:
+        from sklearn.svm import LinearSVC
+
+        return "squared_hinge" if isinstance(self.estimator, LinearSVC) else super().link
 
     def parameter_weight_decay(self, n_train: int) -> dict[str, float]:
         """The l2 strength of each converted parameter in mean-loss units, ``{name: wd}`` (0: not penalised)."""

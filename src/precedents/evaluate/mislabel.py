@@ -183,7 +183,8 @@ class SelfScoreOptions:
     l2: RPS-l2's regularisation ``lambda`` (objective mean CE + lambda ||W||^2); for a model trained with weight
         decay wd (objective mean loss + wd/2 ||theta||^2), ``wd / 2`` makes the label-refit head the model's own.
     lje_step, lje_damping: RPS-LJE's anchor step and damping.
-    weight_decay, damping, params, solver_options: :class:`InfluenceFunction`'s (``solver_options`` maps a solver
+    weight_decay, damping, params, solver_options: :class:`InfluenceFunction`'s (``weight_decay=None`` reads it
+        from the model where the adapter knows it, e.g. scikit-learn's ``C``; ``solver_options`` maps a solver
         name to its options, e.g. ``{"lissa": {"depth": 200}, "arnoldi": {"rank": 50}}``).
     checkpoints, learning_rates, tracin_params: :class:`TracIn`'s; ``checkpoints=None`` uses the final weights.
     layer: dotted name of the final ``nn.Linear``; seed: of ``random`` (and LiSSA/Arnoldi unless given).
@@ -192,7 +193,7 @@ class SelfScoreOptions:
     l2: float = 0.003
     lje_step: float = 0.01
     lje_damping: float = 0.0
-    weight_decay: float | None = 0.0
+    weight_decay: float | None = None
     damping: float = 0.0
     params: str = "head"
     solver_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -246,7 +247,7 @@ def _influence(solver: str) -> SelfScoreFn:
         ex = InfluenceFunction(model, params=o.params, solver=solver, damping=o.damping,
                                weight_decay=o.weight_decay, layer=o.layer, solver_options=options,
                                batch_size=o.batch_size, progress=o.progress).fit(X, y)
-        return ex.self_influence(), "self-influence (nats of own loss)"
+        return ex.self_influence(), "self-influence (own training loss: nats for cross-entropy)"
     return score
 
 
@@ -265,23 +266,24 @@ def _tracin(model: Any, X: Any, y: torch.Tensor, o: SelfScoreOptions) -> tuple[t
     return ex.self_influence(), f"sum_k lr_k |g_i|^2 ({what}; loss-gradient dot product)"
 
 
-def _model_outputs(model: Any, X: Any, y: torch.Tensor, o: SelfScoreOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's logits (n, outputs) and predicted classes (n,) on the training set, via the head adapter."""
+def _model_outputs(model: Any, X: Any, y: torch.Tensor, o: SelfScoreOptions) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The model's logits (n, outputs), predicted classes (n,) and link on the training set, via the head adapter."""
     from ..adapters import head_adapter
 
     head = head_adapter(model, o.layer, batch_size=o.batch_size, progress=o.progress)
     run = head.run(head.batches(X, y, name="train", require_labels=True), what="training")
     logits = run.logits
     pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
-    return logits, pred
+    return logits, pred, head.link
 
 
 @register_self_score("loss")
 def _loss(model: Any, X: Any, y: torch.Tensor, o: SelfScoreOptions) -> tuple[torch.Tensor, str]:
-    from ..linalg.functional import default_loss
+    from ..linalg.functional import loss_for_link
 
-    logits, _ = _model_outputs(model, X, y, o)
-    return default_loss(logits, y.to(logits.device)).to(torch.float64).cpu(), "training loss (nats)"
+    logits, _, link = _model_outputs(model, X, y, o)
+    units = "squared hinge" if link == "squared_hinge" else "nats"
+    return loss_for_link(link)(logits, y.to(logits.device)).to(torch.float64).cpu(), f"training loss ({units})"
 
 
 @register_self_score("random")
@@ -420,7 +422,7 @@ def mislabel(model: Any, X: Any, y: Any, methods: Iterable[str] | str = DEFAULT_
         flipped = _flat(flipped, "flipped", bool)
         if len(flipped) != len(labels):
             raise PrecedentsError(f"flipped has {len(flipped)} entries but there are {len(labels)} labels.")
-    _, pred = _model_outputs(model, X, labels, opts)
+    _, pred, _ = _model_outputs(model, X, labels, opts)
     scores, units, seconds = {}, {}, {}
     for key in keys:
         start = time.perf_counter()
@@ -573,6 +575,10 @@ class HeadRetrainer:
         self.features = self.head.run(self.head.batches(X, name="train"), what="training").features
         self.weight_decay = float(weight_decay)
         theta = self.head.theta().to(torch.float64)
+        if self.head.link not in ("softmax", "sigmoid"):
+            raise PrecedentsError(f"Refitting on fixed labels fits a logistic head; this model's link is "
+                                  f"{self.head.link!r} (a max-margin model), so the refit would not be the model's "
+                                  "own objective. Use a softmax or sigmoid model.")
         self.sigmoid = self.head.link == "sigmoid"
         self.theta0 = torch.cat([-theta / 2, theta / 2]) if self.sigmoid else theta
 

@@ -4,9 +4,11 @@ from .head import (
     head_hessian,
     head_hvp,
     link_probabilities,
+    loss_derivatives,
     mean_loss,
     mean_loss_gradient,
     residuals,
+    squared_hinge_losses,
     targets_from_labels,
 )
 from .solvers import HessianSolver, conjugate_gradient, minimize_newton_cg
@@ -17,9 +19,11 @@ __all__ = [
     "head_hessian",
     "head_hvp",
     "link_probabilities",
+    "loss_derivatives",
     "mean_loss",
     "mean_loss_gradient",
     "minimize_newton_cg",
     "residuals",
+    "squared_hinge_losses",
     "targets_from_labels",
 ]

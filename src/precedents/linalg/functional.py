@@ -35,6 +35,20 @@ def default_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits, targets.long(), reduction="none")
 
 
+def squared_hinge_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-example squared hinge ``max(0, 1 - s z)^2``, ``s = 2 y - 1``, of a one-output head (a linear SVM such as
+    scikit-learn's LinearSVC). ``relu`` makes autograd's second derivative ``2 * 1[s z < 1]`` (0 at the margin),
+    the same as :func:`precedents.linalg.head.loss_derivatives`."""
+    s = 2 * targets.to(logits.dtype) - 1
+    return torch.relu(1 - s * logits[..., 0]) ** 2
+
+
+def loss_for_link(link: str) -> LossFn:
+    """The per-example training loss of a head with this link: :func:`squared_hinge_loss` for ``"squared_hinge"``,
+    else :func:`default_loss` (cross-entropy)."""
+    return squared_hinge_loss if link == "squared_hinge" else default_loss
+
+
 class _Forward(nn.Module):
     """Wraps ``forward_fn(model, x)`` as a module so ``functional_call`` can swap parameters."""
 

@@ -12,12 +12,27 @@ mean loss with respect to ``vec(Theta)`` (row-major, index ``c * d + j``) is
     H = (1/n) sum_i S_i (x) f_i f_i^T,   S_i = diag(p_i) - p_i p_i^T  (softmax),  p_i (1 - p_i)  (sigmoid),
 
 which for softmax is singular: adding the same vector to every class row changes no probability.
+
+* ``squared_hinge`` (C = 1, a linear SVM such as scikit-learn's ``LinearSVC``): with ``s_i = 2 T_i - 1`` in
+  {-1, +1}, ``l_i = max(0, 1 - s_i z_i)^2``, ``dl_i/dz_i = -2 s_i max(0, 1 - s_i z_i)`` (the residual) and
+  ``d2l_i/dz_i^2 = 2 * 1[s_i z_i < 1]``, so ``S_i`` above is the curvature weight ``2 * 1[s_i z_i < 1]``:
+  piecewise constant, the loss only once differentiable at the margin ``s_i z_i = 1``, where the weight 0 is
+  used (one-sided, as autograd's ``relu`` does). A max-margin model has no probabilities: its *curvature input*
+  (what :func:`head_hvp`, :func:`head_hessian` and the solvers take in place of ``probs``) is that weight.
+
+:func:`loss_derivatives` gives residuals and curvature input for every link; the Hessian routines take the
+curvature input (the probabilities for softmax and sigmoid, the weight for the squared hinge).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as nnf
+
+from .._validation import PrecedentsError
+
+#: Links with one output column over two classes (the column explains +logit for class 1, -logit for class 0).
+ONE_OUTPUT_LINKS = ("sigmoid", "squared_hinge")
 
 
 def link_probabilities(logits: torch.Tensor, link: str) -> torch.Tensor:
@@ -26,7 +41,32 @@ def link_probabilities(logits: torch.Tensor, link: str) -> torch.Tensor:
         return torch.softmax(logits, dim=1)
     if link == "sigmoid":
         return torch.sigmoid(logits)
-    raise ValueError(f"unknown link {link!r}; expected 'softmax' or 'sigmoid'")
+    if link == "squared_hinge":
+        raise PrecedentsError("A squared-hinge (max-margin, e.g. LinearSVC) model has no class probabilities: this "
+                              "computation needs a softmax or sigmoid model.")
+    raise ValueError(f"unknown link {link!r}; expected 'softmax', 'sigmoid' or 'squared_hinge'")
+
+
+def squared_hinge_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-example squared hinge ``max(0, 1 - s z)^2`` with ``s = 2 t - 1`` for 0/1 targets t, shape (n,)."""
+    s = 2 * targets[:, 0] - 1
+    return torch.relu(1 - s * logits[:, 0]) ** 2
+
+
+def loss_derivatives(logits: torch.Tensor, targets: torch.Tensor, link: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(residuals, curvature input)`` of every example's loss at its logits (n, C) (see the module docstring).
+
+    Residuals are ``dl_i/dz_i`` (n, C): ``p_i - T_i`` for softmax and sigmoid, ``-2 s_i max(0, 1 - s_i z_i)``
+    for the squared hinge. The curvature input is what :func:`head_hvp` and :func:`head_hessian` expand: the
+    probabilities ``p_i`` (softmax, sigmoid), or the second derivative ``2 * 1[s_i z_i < 1]`` (squared hinge; 0
+    exactly at the margin).
+    """
+    if link == "squared_hinge":
+        s = 2 * targets - 1
+        margin = s * logits
+        return -2 * s * torch.relu(1 - margin), 2.0 * (margin < 1).to(logits.dtype)
+    probs = link_probabilities(logits, link)
+    return probs - targets, probs
 
 
 def targets_from_labels(labels: torch.Tensor, n_outputs: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -37,15 +77,19 @@ def targets_from_labels(labels: torch.Tensor, n_outputs: int, dtype: torch.dtype
 
 
 def residuals(features: torch.Tensor, theta: torch.Tensor, targets: torch.Tensor, link: str) -> torch.Tensor:
-    """``r_i = p_i - T_i``: the gradient of example i's loss with respect to its logits, (n, C)."""
-    return link_probabilities(features @ theta.T, link) - targets
+    """``r_i = dl_i/dz_i`` (``p_i - T_i`` for softmax and sigmoid): the gradient of example i's loss with respect to
+    its logits, (n, C)."""
+    return loss_derivatives(features @ theta.T, targets, link)[0]
 
 
 def mean_loss(features: torch.Tensor, theta: torch.Tensor, targets: torch.Tensor, link: str) -> torch.Tensor:
-    """Mean cross-entropy (softmax) or binary cross-entropy (sigmoid) of the head, in nats."""
+    """Mean cross-entropy (softmax) or binary cross-entropy (sigmoid) of the head, in nats; mean squared hinge
+    (squared_hinge, in squared-margin units)."""
     logits = features @ theta.T
     if link == "softmax":
         return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    if link == "squared_hinge":
+        return squared_hinge_losses(logits, targets).mean()
     return nnf.binary_cross_entropy_with_logits(logits, targets, reduction="mean")
 
 
@@ -55,9 +99,12 @@ def mean_loss_gradient(features: torch.Tensor, theta: torch.Tensor, targets: tor
 
 
 def _curvature_times(probs: torch.Tensor, z: torch.Tensor, link: str) -> torch.Tensor:
-    """``S_i z_i`` for every example (and every right-hand side in a leading batch dimension of z)."""
+    """``S_i z_i`` for every example (and every right-hand side in a leading batch dimension of z); ``probs`` is
+    the curvature input of :func:`loss_derivatives` (for the squared hinge, the weight ``2 * 1[s z < 1]``)."""
     if link == "softmax":
         return probs * z - probs * (probs * z).sum(dim=-1, keepdim=True)
+    if link == "squared_hinge":
+        return probs * z
     return probs * (1 - probs) * z
 
 
@@ -65,7 +112,8 @@ def head_hvp(features: torch.Tensor, probs: torch.Tensor, v: torch.Tensor, link:
              weights: torch.Tensor | None = None) -> torch.Tensor:
     """Hessian-vector products ``H v`` of the mean loss, without forming H.
 
-    ``probs`` are the head's probabilities at the point of expansion (n, C); ``v`` is (C, d) or a batch
+    ``probs`` are the head's probabilities at the point of expansion (n, C) (for ``squared_hinge`` the curvature
+    weights of :func:`loss_derivatives`); ``v`` is (C, d) or a batch
     (k, C, d). With ``weights`` (n,) the loss is the weighted mean ``sum_i w_i l_i / sum_i w_i`` (0/1 weights
     select a subset without copying). Cost O(k n C d).
     """
@@ -82,7 +130,8 @@ def head_hessian(features: torch.Tensor, probs: torch.Tensor, link: str, block_s
     """The explicit Hessian (C d, C d) of the mean loss, accumulated over blocks of examples.
 
     Block (c, c') is ``F^T diag(S_cc') F / n`` with ``S_cc' = delta_cc' p_c - p_c p_c'`` (softmax) or
-    ``p (1 - p)`` (sigmoid); only the C (C + 1) / 2 blocks with c <= c' are computed and the rest mirrored.
+    ``p (1 - p)`` (sigmoid), or the curvature weight passed as ``probs`` (squared_hinge); only the C (C + 1) / 2
+    blocks with c <= c' are computed and the rest mirrored.
     ``weights`` as in :func:`head_hvp`. Cost O(n C^2 d^2 / 2).
     """
     n, d = features.shape
@@ -94,6 +143,9 @@ def head_hessian(features: torch.Tensor, probs: torch.Tensor, link: str, block_s
         w = 1.0 if weights is None else weights[start:start + block_size, None]
         if link == "sigmoid":
             hess += (f * (p * (1 - p)) * w).T @ f
+            continue
+        if link == "squared_hinge":
+            hess += (f * p * w).T @ f
             continue
         for a in range(c):
             for b in range(a, c):

@@ -18,6 +18,7 @@ from ..attribution import Attribution, BlockScorer
 from ..data import Batches, DataLike
 from ..index import load_index, save_index
 from ..linalg import link_probabilities
+from ..linalg.head import ONE_OUTPUT_LINKS
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,9 @@ class HeadExplainer(Estimator):
 
     # -- attribution -----------------------------------------------------------------------------------
     def _columns(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Head column and sign per target class: a sigmoid head explains +logit for 1 and -logit for 0."""
-        if self.link_ == "sigmoid":
+        """Head column and sign per target class: a one-output head (sigmoid, squared hinge) explains +logit for 1
+        and -logit for 0."""
+        if self.link_ in ONE_OUTPUT_LINKS:
             return torch.zeros_like(target), target.to(torch.float64) * 2 - 1
         return target, torch.ones(len(target), dtype=torch.float64)
 
@@ -120,7 +122,7 @@ class HeadExplainer(Estimator):
                            train_labels=self.labels_)
 
     def _predict_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.link_ == "sigmoid":
+        if self.link_ in ONE_OUTPUT_LINKS:
             return (logits[:, 0] > 0).long()
         return logits.argmax(dim=1)
 
@@ -137,7 +139,8 @@ class HeadExplainer(Estimator):
 
         Returns prediction agreement (fraction), the largest absolute difference of class probabilities, and
         the largest absolute difference of logits (centred across classes for softmax heads, where a shift
-        shared by all classes changes nothing).
+        shared by all classes changes nothing). A squared-hinge (max-margin) head has no probabilities: its
+        ``max_probability_difference`` is NaN.
         """
         self._check_fitted()
         if X is None:
@@ -150,8 +153,12 @@ class HeadExplainer(Estimator):
             explained = explained - explained.mean(1, keepdim=True)
             logits = logits - logits.mean(1, keepdim=True)
         agree = (self._predict_from_logits(explained) == self._predict_from_logits(logits)).double().mean()
-        probs_diff = (link_probabilities(explained, self.link_) - link_probabilities(logits, self.link_)).abs()
-        return {"prediction_agreement": float(agree), "max_probability_difference": float(probs_diff.max()),
+        if self.link_ == "squared_hinge":
+            probs_gap = float("nan")
+        else:
+            probs_gap = float((link_probabilities(explained, self.link_) - link_probabilities(logits, self.link_)
+                               ).abs().max())
+        return {"prediction_agreement": float(agree), "max_probability_difference": probs_gap,
                 "max_logit_difference": float((explained - logits).abs().max())}
 
     # -- index I/O -------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from ..adapters import head_adapter
 from ..adapters.torch import ForwardFn
 from ..attribution import Attribution
 from ..data import DataLike
-from ..linalg import head_hessian, head_hvp, link_probabilities, targets_from_labels
-from ..linalg.functional import LossFn, LossGradients, default_loss, select_parameters
+from ..linalg import head_hessian, head_hvp, loss_derivatives, squared_hinge_losses, targets_from_labels
+from ..linalg.functional import LossFn, LossGradients, loss_for_link, select_parameters
 from ..linalg.ihvp import InverseHVP, make_inverse
 from .base import Estimator, collect_labelled
 
@@ -36,7 +36,11 @@ STATIONARITY_WARNING = 1e-2
 
 
 class HeadCurvature:
-    """Loss gradients and Hessian of a linear head on fixed features (closed form, no autograd)."""
+    """Loss gradients and Hessian of a linear head on fixed features (closed form, no autograd).
+
+    ``probs`` is the curvature input of :func:`~precedents.linalg.head.loss_derivatives`: the probabilities for
+    softmax and sigmoid heads, the weight ``2 * 1[s z < 1]`` for a squared-hinge head (LinearSVC).
+    """
 
     def __init__(self, features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, theta: torch.Tensor,
                  link: str, weight_decay: float | torch.Tensor, sample_size: int = 1000) -> None:
@@ -44,8 +48,8 @@ class HeadCurvature:
         # a scalar, or one strength per head entry (C, d): 0 where a parameter (an intercept) is not penalised
         self.weight_decay = weight_decay
         self._decay_flat = torch.as_tensor(weight_decay, dtype=torch.float64).expand(theta.shape).reshape(-1)
-        self.probs = link_probabilities(logits, link)
-        self.residuals = self.probs - targets_from_labels(labels, theta.shape[0])
+        self.targets = targets_from_labels(labels, theta.shape[0])
+        self.residuals, self.probs = loss_derivatives(logits, self.targets, link)
         self.n_params = theta.numel()
         self.sample_size = sample_size
 
@@ -124,7 +128,8 @@ class InfluenceFunction(Estimator):
         (scikit-learn estimators: ``C``, ``alpha``), else 0; the value used is ``weight_decay_`` (a number, a
         (C, d) tensor for ``params="head"``, or ``{parameter name: strength}`` for other params of a model whose
         adapter knows it, e.g. an MLPClassifier's coefficients but not its intercepts).
-    loss_fn : per-example loss ``loss_fn(logits, y) -> (b,)``; default cross-entropy (binary for one output).
+    loss_fn : per-example loss ``loss_fn(logits, y) -> (b,)``; default cross-entropy (binary for one output), or
+        the squared hinge for a squared-hinge head (scikit-learn's LinearSVC; scores then in squared-margin units).
     solver_options : keyword options of the solver (``tol``/``max_iter`` for cg; ``scale``, ``depth``,
         ``repeats``, ``seed`` for lissa; ``rank``, ``iterations``, ``seed`` for arnoldi).
 
@@ -185,7 +190,7 @@ class InfluenceFunction(Estimator):
             X, labels = collect_labelled(batches, head.model, self.forward_fn, "training", LABELS_HINT)
             layer = head.layer_name if self.params == "head" else None
             names = select_parameters(head.model, self.params, layer)
-            grads = LossGradients(head.model, names, loss_fn=self.loss_fn or default_loss,
+            grads = LossGradients(head.model, names, loss_fn=self.loss_fn or loss_for_link(head.link),
                                   forward_fn=self.forward_fn, weight_decay=weight_decay,
                                   batch_size=self.batch_size, progress=self.progress)
             self.curvature_ = ModuleCurvature(grads, X, labels)
@@ -224,7 +229,9 @@ class InfluenceFunction(Estimator):
             cur = HeadCurvature(run.features, run.logits, labels, self.curvature_.theta, self.curvature_.link, 0.0)
             grads = cur.example_gradients(0, len(run.features))
             probs = cur.probs
-            if cur.link == "sigmoid":
+            if cur.link == "squared_hinge":
+                losses = squared_hinge_losses(run.logits, cur.targets)
+            elif cur.link == "sigmoid":
                 p = probs[:, 0].clamp(1e-300, 1)
                 losses = -(labels * p.log() + (1 - labels) * (1 - p).clamp_min(1e-300).log())
             else:

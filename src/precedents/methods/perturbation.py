@@ -46,6 +46,10 @@ __all__ = ["AttackResult", "perturbation_influence", "training_set_attack"]
 def _gradients_and_layout(influence: InfluenceFunction) -> tuple[LossGradients, Callable[[torch.Tensor], dict]]:
     """The ``LossGradients`` over the influence's parameters and a map from the solver's flat vectors (k, p)
     to parameter dicts ``{name: (k, *shape)}``."""
+    if influence.head_.link == "squared_hinge":
+        raise PrecedentsError("Perturbation influence and the training-set attack are not implemented for a "
+                              "squared-hinge (LinearSVC) model: they use the cross-entropy loss and class "
+                              "probabilities. Use a LogisticRegression.")
     cur = influence.curvature_
     if not isinstance(cur, HeadCurvature):
         g = cur.grads

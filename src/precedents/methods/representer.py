@@ -24,11 +24,13 @@ from ..linalg import (
     HessianSolver,
     head_hvp,
     link_probabilities,
+    loss_derivatives,
     mean_loss,
     mean_loss_gradient,
     minimize_newton_cg,
     targets_from_labels,
 )
+from ..linalg.head import ONE_OUTPUT_LINKS
 from ..linalg.solvers import CONDITION_WARNING
 from .base import HeadExplainer
 
@@ -118,6 +120,10 @@ class RepresenterL2(HeadExplainer):
     def _fit_head(self) -> None:
         if not self.l2 > 0:
             raise ValueError(f"l2 must be > 0 (the representer theorem needs it), got {self.l2}")
+        if self.link_ == "squared_hinge":
+            raise PrecedentsError("RPS-l2 refits a head to the model's own class probabilities, and a squared-hinge "
+                                  "(max-margin, e.g. LinearSVC) model has none. Use RepresenterLJE or "
+                                  "InfluenceFunction, which expand the model's own squared-hinge objective.")
         probs = link_probabilities(self.model_logits_, self.link_)
         result = _fit_l2_head(self.features_, probs, self._start(), self.link_, self.l2, self.gtol, self.max_iter)
         if not result.converged:
@@ -169,7 +175,7 @@ class RepresenterL2(HeadExplainer):
             n = len(self.features_)
             probs = link_probabilities(self.features_ @ result.solution.T, self.link_)
             self.label_alpha_ = (probs - targets) / (-2 * self.l2 * n)
-        column = torch.zeros_like(self.labels_) if self.link_ == "sigmoid" else self.labels_
+        column = torch.zeros_like(self.labels_) if self.link_ in ONE_OUTPUT_LINKS else self.labels_
         return self.label_alpha_.gather(1, column[:, None])[:, 0].abs()
 
 
@@ -250,8 +256,8 @@ class RepresenterLJE(HeadExplainer):
     def _restore(self, info: dict[str, Any]) -> None:
         targets = targets_from_labels(self.labels_, self.theta_.shape[0])
         self.stationarity_ = info.get("stationarity", getattr(self, "stationarity_", float("nan")))
-        probs = link_probabilities(self.features_ @ self.anchor_.T, self.link_)
-        self.residuals_ = probs - targets
+        # residuals and curvature input (probabilities; for a squared-hinge head the weights 2 * 1[s z < 1])
+        self.residuals_, probs = loss_derivatives(self.features_ @ self.anchor_.T, targets, self.link_)
         self.weight_decay_ = getattr(self, "weight_decay_", None) if info.get("fitting") else self._regularizer()
         self.solver_ = HessianSolver(self.features_, probs, self.link_, damping=self.damping,
                                      method=self.solver, cg_tol=self.cg_tol, regularizer=self.weight_decay_)
@@ -323,8 +329,9 @@ class RepresenterLJE(HeadExplainer):
         """
         self._check_fitted()
         n = len(self.features_)
-        column = torch.zeros_like(self.labels_) if self.link_ == "sigmoid" else self.labels_
-        sign = (self.labels_.double() * 2 - 1) if self.link_ == "sigmoid" else torch.ones(n, dtype=torch.float64)
+        one_output = self.link_ in ONE_OUTPUT_LINKS
+        column = torch.zeros_like(self.labels_) if one_output else self.labels_
+        sign = (self.labels_.double() * 2 - 1) if one_output else torch.ones(n, dtype=torch.float64)
         out = torch.empty(n, dtype=torch.float64)
         for start in range(0, n, 2048):
             stop = min(start + 2048, n)
