@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import PrecedentsError, check_labels
+from ._validation import PrecedentsError
 
 __all__ = ["SensitivityMaps", "feature_jacobian", "representer_coefficients", "sensitivity_maps",
            "top_sensitivity_maps"]
@@ -170,13 +170,7 @@ def sensitivity_maps(explainer: Any, X_t: Any, train_indices: Any = None, target
                                   f"examples), got values from {int(idx.min())} to {int(idx.max())}.")
     features, jac = feature_jacobian(explainer, X_t)
     d_in = jac.shape[1]                                        # feature coordinates with a gradient (no bias)
-    if target is None:
-        target = explainer._predict_from_logits(features @ explainer.theta_.T)
-    else:
-        target = torch.as_tensor(target)
-        if target.ndim == 0:
-            target = target.expand(n_test)
-        target = check_labels(target, explainer.n_classes_, n_test, name="target")
+    target = explainer._targets(target, features @ explainer.theta_.T)
     column, sign = explainer._columns(target)
     head = explainer.explained_head()
     unique, inverse = torch.unique(idx, return_inverse=True)

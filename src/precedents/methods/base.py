@@ -107,19 +107,23 @@ class HeadExplainer(Estimator):
         """
         self._check_fitted()
         run = self.head_.run(self.head_.batches(X, name="X"), what="test")
-        n = len(run.features)
-        if target is None:
-            target = self._predict_from_logits(run.logits)
-        else:
-            target = torch.as_tensor(target)
-            if target.ndim == 0:
-                target = target.expand(n)
-            target = check_labels(target, self.n_classes_, n, name="target")
+        target = self._targets(target, run.logits)
         column, sign = self._columns(target)
         scorer, explained = self._test_side(run.features, column, sign)
         model_output = sign * run.logits.gather(1, column[:, None])[:, 0]
         return Attribution(self.method_name, target, explained, model_output, len(self.features_), scorer,
                            train_labels=self.labels_)
+
+    def _targets(self, target: Any, logits: torch.Tensor) -> torch.Tensor:
+        """The explained class per test point: the predicted one (``target=None``), or the given class index
+        (one for all test points, or one each), checked against the number of classes."""
+        n = len(logits)
+        if target is None:
+            return self._predict_from_logits(logits)
+        target = torch.as_tensor(target)
+        if target.ndim == 0:
+            target = target.expand(n)
+        return check_labels(target, self.n_classes_, n, name="target")
 
     def _predict_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         if self.link_ in ONE_OUTPUT_LINKS:
