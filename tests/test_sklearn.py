@@ -363,3 +363,34 @@ def test_svc_representer_lje_and_refusals(cancer_np, cancer_svc):
     inf = pc.InfluenceFunction(cancer_svc, solver="exact", progress=False).fit(Xtr, ytr)
     with pytest.raises(PrecedentsError, match="not implemented for a squared-hinge"):
         perturbation_influence(inf, Xtr[:2], ytr[:2], Xte[:1], cancer_np[3][:1])
+
+
+def test_gradient_similarity_and_saliency_on_sklearn_models_match_closed_forms(digits_np, digits_lr):
+    """Methods that differentiate through the model use the converted module: grad-dot equals the closed form
+    ``<(p_t - y_t) (x) [x_t, 1], (p_i - y_i) (x) [x_i, 1]>`` and saliency of class c equals ``coef_[c]``."""
+    Xtr, ytr, Xte, yte = digits_np
+    Xtr, ytr = Xtr[:200], ytr[:200]
+    sim = pc.GradientSimilarity(digits_lr, params="all", progress=False).fit(Xtr, ytr)
+    scores = sim.attribute(Xte[:4], yte[:4]).scores
+
+    def closed_form(X, y):
+        p = digits_lr.predict_proba(X)
+        r = p - np.eye(p.shape[1])[y]
+        f = np.hstack([X, np.ones((len(X), 1))])
+        return np.einsum("nc,nd->ncd", r, f).reshape(len(X), -1)
+
+    expected = closed_form(Xte[:4], yte[:4]) @ closed_form(Xtr, ytr).T
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-8, atol=1e-12)
+    maps = pc.feature_attributions(digits_lr, torch.as_tensor(Xte[:3]), torch.as_tensor(yte[:3]),
+                                   methods=["saliency"])["saliency"]
+    np.testing.assert_allclose(maps.numpy(), digits_lr.coef_[yte[:3]], rtol=1e-8, atol=1e-12)
+
+
+def test_tree_models_refuse_gradient_methods():
+    xgboost = pytest.importorskip("xgboost")
+    X, y = load_iris()
+    model = xgboost.XGBClassifier(n_estimators=5, max_depth=2).fit(X, y)
+    for make in (lambda: pc.GradientSimilarity(model, progress=False).fit(X, y),
+                 lambda: pc.feature_attributions(model, torch.as_tensor(X[:2]), None, methods=["saliency"])):
+        with pytest.raises(PrecedentsError, match="tree ensemble"):
+            make()

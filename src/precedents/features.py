@@ -87,8 +87,9 @@ class _Logits(nn.Module):
 
 
 def _prepare(model: nn.Module, X: Any, forward_fn: Any) -> tuple[_Logits, torch.Tensor]:
-    if not isinstance(model, nn.Module):
-        raise PrecedentsError(f"Feature attribution needs a torch.nn.Module, got {type(model).__name__}.")
+    from .adapters import as_torch_module
+
+    model, _ = as_torch_module(model, "Feature attribution")
     X = torch.as_tensor(X)
     if X.ndim < 2 or len(X) == 0 or not X.is_floating_point():
         raise PrecedentsError(f"X must be a non-empty float batch (n, *input_shape), got shape {tuple(X.shape)} "

@@ -67,4 +67,22 @@ def head_adapter(model: Any, layer: str | None = None, *, forward_fn: ForwardFn 
                           f"Supported: {SUPPORTED_FAMILIES}.")
 
 
-__all__ = ["HeadFeatures", "SUPPORTED_FAMILIES", "TorchHead", "head_adapter", "model_family"]
+def as_torch_module(model: Any, what: str) -> Any:
+    """``(module, link)``: the torch module computing ``model``'s logits, for methods that differentiate through the
+    model's parameters or inputs (``what`` names the method in the error). A torch model is returned as is; a
+    scikit-learn model as its equivalent converted module; a tree ensemble has no differentiable parameters."""
+    family = model_family(model)
+    if family == "torch":
+        return model, None
+    if family == "sklearn":
+        head = head_adapter(model, progress=False)
+        return head.model, head.link
+    if family == "trees":
+        raise PrecedentsError(f"{what} differentiates through the model's parameters or inputs; a tree ensemble "
+                              f"({type(model).__name__}) has neither. Use RepresenterLJE or InfluenceFunction "
+                              "(params='head'), which work on its per-tree head.")
+    raise PrecedentsError(f"precedents cannot explain a {type(model).__module__}.{type(model).__name__}. "
+                          f"Supported: {SUPPORTED_FAMILIES}.")
+
+
+__all__ = ["HeadFeatures", "SUPPORTED_FAMILIES", "TorchHead", "as_torch_module", "head_adapter", "model_family"]

@@ -32,10 +32,11 @@ import torch
 from torch import nn
 
 from .._validation import PrecedentsError
+from ..adapters import as_torch_module
 from ..adapters.torch import ForwardFn, TorchHead
 from ..attribution import Attribution
 from ..data import DataLike, make_batches
-from ..linalg.functional import LossFn, LossGradients, default_loss, select_parameters
+from ..linalg.functional import LossFn, LossGradients, default_loss, loss_for_link, select_parameters
 from .base import Estimator, collect_labelled
 
 #: Training gradients of one checkpoint are kept in memory when n * p float64 values fit in this many bytes;
@@ -143,16 +144,16 @@ class _GradientScores(Estimator):
 
         ``train``: ``(X, y)``, or ``X`` with ``y`` given separately, a Dataset of ``(x, y)`` or a DataLoader.
         """
-        if not isinstance(self.model, nn.Module):
-            raise PrecedentsError(f"model must be a torch.nn.Module, got {type(self.model).__name__}.")
+        self.module_, link = as_torch_module(self.model, type(self).__name__)
+        self.loss_fn_ = self.loss_fn or (loss_for_link(link) if link is not None else default_loss)
         states, rates = self._states_and_rates()
         self.learning_rates_ = torch.tensor(rates, dtype=torch.float64)
         self.n_checkpoints_ = len(states)
         self._states = states
-        self._weights = _Weights(self.model)
-        layer = TorchHead(self.model, self.layer).layer_name if self.params == "head" else None
-        self.param_names_ = select_parameters(self.model, self.params, layer)
-        named = dict(self.model.named_parameters())
+        self._weights = _Weights(self.module_)
+        layer = TorchHead(self.module_, self.layer).layer_name if self.params == "head" else None
+        self.param_names_ = select_parameters(self.module_, self.params, layer)
+        named = dict(self.module_.named_parameters())
         self.n_params_ = sum(named[n].numel() for n in self.param_names_)
 
         batches = make_batches(train, y, batch_size=self.batch_size, name="train", require_labels=True)
@@ -175,7 +176,7 @@ class _GradientScores(Estimator):
     def _gradients(self, k: int, X: torch.Tensor, y: torch.Tensor, desc: str) -> torch.Tensor:
         """Per-example loss gradients (m, p), float64, at checkpoint k."""
         with self._weights.at(self._states[k]) as model:
-            grads = LossGradients(model, self.param_names_, loss_fn=self.loss_fn or default_loss,
+            grads = LossGradients(model, self.param_names_, loss_fn=self.loss_fn_,
                                   forward_fn=self.forward_fn, batch_size=self.batch_size, progress=self.progress)
             bs = self.batch_size
             blocks = grads.gradient_blocks(((X[s:s + bs], y[s:s + bs]) for s in range(0, len(X), bs)),
@@ -201,7 +202,7 @@ class _GradientScores(Estimator):
 
     def _loss_state(self) -> Mapping[str, torch.Tensor]:
         """The weights whose test losses are reported as ``model_output``."""
-        return self.model.state_dict()
+        return self.module_.state_dict()
 
     # -- attribution -----------------------------------------------------------------------------------
     def attribute(self, X: DataLike, y: Any = None) -> Attribution:
@@ -217,7 +218,7 @@ class _GradientScores(Estimator):
         with self._weights.at(self._loss_state()) as model:
             Xt, labels = collect_labelled(batches, model, self.forward_fn, "test",
                                   f"{type(self).__name__} {self._missing_labels}")
-            g = LossGradients(model, self.param_names_, loss_fn=self.loss_fn or default_loss,
+            g = LossGradients(model, self.param_names_, loss_fn=self.loss_fn_,
                               forward_fn=self.forward_fn, progress=False)
             bs = self.batch_size
             with torch.no_grad():
@@ -309,7 +310,7 @@ class TracIn(_GradientScores):
         if not ckpts:
             raise PrecedentsError("TracIn needs at least one checkpoint: pass checkpoints=[state_dict, ...] or "
                                   "file paths, saved during training (e.g. once per epoch).")
-        reference = self.model.state_dict()
+        reference = self.module_.state_dict()
         states = []
         for k, source in enumerate(ckpts):
             state = _load_checkpoint(source, k)
@@ -378,7 +379,7 @@ class GradientSimilarity(_GradientScores):
     def _states_and_rates(self) -> tuple[list[Mapping[str, torch.Tensor]], list[float]]:
         if self.kind not in ("dot", "cos"):
             raise PrecedentsError(f"kind must be 'dot' or 'cos', got {self.kind!r}.")
-        snapshot = {key: value.detach().clone() for key, value in self.model.state_dict().items()}
+        snapshot = {key: value.detach().clone() for key, value in self.module_.state_dict().items()}
         return [snapshot], [1.0]
 
     def _loss_state(self) -> Mapping[str, torch.Tensor]:
