@@ -5,14 +5,12 @@ from __future__ import annotations
 import copy
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import precedents as pc
 from precedents import PrecedentsError
-from precedents.datasets import load_mnist_small
 from precedents.models import SequenceLSTM, sequence_logits, train_classifier
 
 
@@ -26,14 +24,10 @@ class _Logits(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def seq_data():
-    X, y = load_mnist_small()
-    X = torch.as_tensor(np.asarray(X, dtype=np.float32)).reshape(-1, 28, 28)
-    X = X / X.max()
-    y = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))   # the file is sorted by class
-    X, y = X[perm], y[perm]
-    return X[:600], y[:600], X[4000:4040], y[4000:4040]
+def seq_data(mnist_small):
+    """The shuffled real MNIST images of the session fixture, each read row by row: (28 steps, 28 inputs)."""
+    Xtr, ytr, Xte, yte = mnist_small
+    return Xtr[:600].reshape(-1, 28, 28), ytr[:600], Xte[:40].reshape(-1, 28, 28), yte[:40]
 
 
 @pytest.fixture(scope="module")

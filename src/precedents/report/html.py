@@ -113,16 +113,18 @@ class Report:
 
 def format_score(score: float | None) -> str:
     """Attribution score with an explicit sign and 4 significant digits: ``+0.0123``, ``-1.5``."""
-    if score is None:
-        return ""
-    s = float(score)
-    if math.isnan(s):
+    return "" if score is None else _format_real(float(score), signed=True)
+
+
+def _format_real(v: float, *, signed: bool) -> str:
+    """4 significant digits; nan, inf and 0 spelled out; a leading + on positives when ``signed``."""
+    if math.isnan(v):
         return "nan"
-    if math.isinf(s):
-        return "+inf" if s > 0 else "-inf"
-    if s == 0:
+    if math.isinf(v):
+        return ("+inf" if signed else "inf") if v > 0 else "-inf"
+    if v == 0:
         return "0"
-    return f"{s:+.4g}"
+    return f"{v:+.4g}" if signed else f"{v:.4g}"
 
 
 def format_value(value: object) -> str:
@@ -136,14 +138,7 @@ def format_value(value: object) -> str:
     if isinstance(value, numbers.Integral):
         return str(int(value))
     if isinstance(value, numbers.Real):
-        v = float(value)
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        if v == 0:
-            return "0"
-        return f"{v:.4g}"
+        return _format_real(float(value), signed=False)
     return str(value)
 
 
