@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+import math
+import numbers
 from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -11,17 +16,34 @@ class PrecedentsError(ValueError):
     """Raised for input that cannot be explained as given (wrong shapes, labels, models or indexes)."""
 
 
+def all_finite(values: torch.Tensor) -> bool:
+    """Whether every entry is finite, without a full-size temporary in the common case: the float64 sum of finite
+    float32/16 values cannot overflow, and any NaN or infinity makes it non-finite. Only when the sum is not finite
+    (a bad entry, or float64 values near the overflow threshold) are the entries tested one by one."""
+    if not values.is_floating_point() and not values.is_complex():
+        return True
+    if values.numel() == 0:
+        return True
+    if bool(torch.isfinite(values.sum(dtype=torch.complex128 if values.is_complex() else torch.float64))):
+        return True
+    return bool(torch.isfinite(values).all())
+
+
 def check_finite(name: str, values: torch.Tensor, offset: int = 0) -> None:
-    """Refuse NaN or infinite entries, naming the first offending rows (numbered from ``offset``)."""
+    """Refuse NaN or infinite entries, naming the first offending rows (numbered from ``offset``).
+
+    Integer tensors are always finite; a finite floating tensor is checked without copying it (see
+    :func:`all_finite`)."""
+    if all_finite(values):
+        return
     bad = ~torch.isfinite(values)
-    if bad.any():
-        rows = bad.reshape(len(values), -1).any(dim=1).nonzero().flatten() + offset
-        shown = ", ".join(str(int(r)) for r in rows[:5])
-        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
-        raise PrecedentsError(
-            f"{name} contain NaN or infinite values (rows {shown}{more}). Clean or drop these examples "
-            "(or check the model for overflow) before explaining."
-        )
+    rows = bad.reshape(len(values), -1).any(dim=1).nonzero().flatten() + offset if values.ndim else torch.tensor([0])
+    shown = ", ".join(str(int(r)) for r in rows[:5])
+    more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+    raise PrecedentsError(
+        f"{name} contain NaN or infinite values (rows {shown}{more}). Clean or drop these examples "
+        "(or check the model for overflow) before explaining."
+    )
 
 
 def check_labels(labels: torch.Tensor, n_classes: int, n_examples: int, name: str = "y") -> torch.Tensor:
@@ -65,3 +87,108 @@ def parse_methods(methods: str | Iterable[str], known: Iterable[str], what: str 
     if len(set(keys)) != len(keys):
         raise PrecedentsError(f"A {what} is named twice in {', '.join(keys)}.")
     return keys
+
+
+def _describe_range(low: float | None, high: float | None, low_inclusive: bool, high_inclusive: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
+    if low is not None:
+        return f"{'>=' if low_inclusive else '>'} {low}"
+    if high is not None:
+        return f"{'<=' if high_inclusive else '<'} {high}"
+    return "finite"
+
+
+def check_scalar(name: str, value: Any, *, kind: type = float, low: float | None = None, high: float | None = None,
+                 low_inclusive: bool = True, high_inclusive: bool = True, allow_none: bool = False) -> Any:
+    """Return ``value`` as a ``kind`` (``float`` or ``int``) if it is a finite number in the allowed range, else
+    raise a :class:`PrecedentsError` naming the parameter, the value and the range. NaN and infinity are refused;
+    booleans are not numbers here; an ``int`` parameter refuses 2.5 but accepts 2.0 and numpy/torch integers.
+    ``allow_none``: None is returned as is (an option's "automatic" setting)."""
+    if value is None and allow_none:
+        return None
+    allowed = _describe_range(low, high, low_inclusive, high_inclusive)
+    what = "an integer" if kind is int else "a number"
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    elif isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(-1)[0]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
+        raise PrecedentsError(f"{name} must be {what} {allowed}{' or None' if allow_none else ''}; got {value!r} "
+                              f"({type(value).__name__}).")
+    number = float(value)
+    if not math.isfinite(number):
+        raise PrecedentsError(f"{name} must be {what} {allowed}; got {value!r}.")
+    if kind is int:
+        if number != int(number):
+            raise PrecedentsError(f"{name} must be an integer {allowed}; got {value!r}.")
+        result: Any = int(number)
+    else:
+        result = number
+    too_low = low is not None and (number < low or (not low_inclusive and number == low))
+    too_high = high is not None and (number > high or (not high_inclusive and number == high))
+    if too_low or too_high:
+        raise PrecedentsError(f"{name} must be {what} {allowed}; got {value!r}.")
+    return result
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``choices``, else a :class:`PrecedentsError` listing them (and the nearest
+    one for a misspelt string)."""
+    choices = list(choices)
+    try:
+        if value in choices:
+            return value
+    except TypeError:      # unhashable or incomparable values
+        pass
+    hint = ""
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise PrecedentsError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}.{hint}")
+
+
+def check_param_names(model: torch.nn.Module, params: Any, keywords: Iterable[str] = ("head", "all")) -> Any:
+    """Check a ``params`` option: one of ``keywords`` (returned as is), one parameter name, or a non-empty list of
+    distinct parameter names of ``model`` (returned as a list). A string is never split into letters; unknown names
+    are listed with the model's parameter names (and the nearest match)."""
+    named = [n for n, _ in model.named_parameters()]
+    keywords = list(keywords)
+    if isinstance(params, str):
+        if params in keywords:
+            return params
+        if params in named:
+            return [params]
+        close = difflib.get_close_matches(params, keywords + named, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise PrecedentsError(f"params={params!r} is neither {' nor '.join(repr(k) for k in keywords)} nor the name "
+                              f"of one of the model's parameters ({_list_names(named)}).{hint} Pass a list of names "
+                              "to choose several.")
+    try:
+        names = list(params)
+    except TypeError as err:
+        raise PrecedentsError(f"params must be {' or '.join(repr(k) for k in keywords)} or a list of parameter names; "
+                              f"got {params!r}.") from err
+    if not names:
+        raise PrecedentsError(f"params=[] selects no parameters. Pass {' or '.join(repr(k) for k in keywords)}, or "
+                              f"names from: {_list_names(named)}.")
+    bad_type = [n for n in names if not isinstance(n, str)]
+    if bad_type:
+        raise PrecedentsError(f"params must list parameter names as strings; got {bad_type[:3]!r}. (To pass the "
+                              "tensors themselves, use their names from model.named_parameters().)")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise PrecedentsError(f"params names {repeated} more than once; list each parameter once.")
+    unknown = [n for n in names if n not in named]
+    if unknown:
+        hints = [f"{u!r} (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(u, named, n=1)) else repr(u)
+                 for u in unknown]
+        raise PrecedentsError(f"The model has no parameters named {', '.join(hints)}. Its parameters are: "
+                              f"{_list_names(named)}.")
+    return names
+
+
+def _list_names(names: list[str], limit: int = 20) -> str:
+    if not names:
+        return "none"
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
