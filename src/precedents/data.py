@@ -80,6 +80,45 @@ def as_labels(values: Any, name: str = "y") -> torch.Tensor:
     return as_tensor(array, name)
 
 
+def labels_to_indices(y: Any, classes: Any, n: int, name: str = "y") -> torch.Tensor:
+    """Map an estimator's class labels (``classes_``: strings or numbers) to indices 0..C-1 in that order (n,)."""
+    classes = np.asarray(classes)
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    values = y.to_numpy().reshape(-1) if hasattr(y, "to_numpy") else np.asarray(y).reshape(-1)
+    if len(values) != n:
+        raise PrecedentsError(f"X and {name} have different lengths: {n} examples but {len(values)} labels.")
+    try:
+        known = np.isin(values, classes)
+    except TypeError:
+        known = np.zeros(len(values), dtype=bool)
+    if not known.all():
+        bad = list(dict.fromkeys(values[~known].tolist()))[:5]
+        raise PrecedentsError(f"{name} holds labels {bad} that the model does not know; its classes are "
+                              f"{classes.tolist()}. Pass the labels the model was fitted with.")
+    order = np.argsort(classes, kind="stable")
+    index = order[np.searchsorted(classes[order], values)]
+    return torch.from_numpy(index.astype(np.int64))
+
+
+def target_indices(target: Any, n: int, n_classes: int, classes: Any = None) -> torch.Tensor:
+    """The class to explain per test point as indices (n,): one for all points (a scalar or a length-1 list) or
+    one each. A number is an index 0..C-1 (checked later against the model); a class name is mapped through the
+    estimator's ``classes`` (scikit-learn ``classes_``) and refused with the reason for a model without them."""
+    values = np.asarray(target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else target)
+    if values.dtype.kind in "USO":
+        if classes is None:
+            raise PrecedentsError(f"target={target!r} is a class name, but this model's classes are the indices "
+                                  f"0..{n_classes - 1} of its outputs: pass the index of the class to explain.")
+        flat = values.reshape(-1)
+        out = labels_to_indices(flat, classes, len(flat), name="target")
+    else:
+        out = as_labels(values, "target")
+    if out.ndim == 0 or (out.ndim == 1 and len(out) == 1 and n != 1):
+        return out.reshape(()).expand(n)
+    return out
+
+
 @dataclass
 class Batches:
     """A re-iterable source of ``(x, y)`` batches; ``y`` is None when the data carry no labels.

@@ -36,13 +36,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .._validation import PrecedentsError, all_finite, check_finite
-from ..data import Batches, DataLike, Fingerprint, as_labels, make_batches, model_fingerprint
+from ..data import Batches, DataLike, Fingerprint, make_batches, model_fingerprint, target_indices
 
 log = logging.getLogger(__name__)
 
@@ -205,13 +204,14 @@ def refuse_probabilities(out: torch.Tensor, last_module: nn.Module | None = None
 
 
 def check_gradient_model(model: nn.Module, x_probe: Any, forward_fn: ForwardFn | None = None, *,
-                         head_layer: str | None = None, what: str = "training") -> None:
+                         head_layer: str | None = None, require_logits: bool = True, what: str = "training") -> None:
     """The checks the head path makes, for methods that differentiate the loss through the model (influence over
     all parameters, TracIn, gradient similarity), run on a few examples ``x_probe`` in eval mode:
 
     * finite weights and buffers;
     * the model runs on the inputs (else a clear error on shape/dtype) and returns (n, C) logits;
-    * the outputs are not probabilities (no final softmax/sigmoid);
+    * with ``require_logits`` (the built-in cross-entropy and squared hinge, which take logits): the outputs are
+      not probabilities (no final softmax/sigmoid); a custom loss may take what it likes;
     * with ``head_layer``: that layer's output is the model's output (the head is the last operation).
     """
     check_parameters_finite(model)
@@ -245,7 +245,8 @@ def check_gradient_model(model: nn.Module, x_probe: Any, forward_fn: ForwardFn |
     last = None
     if order and isinstance(order[-1][1], torch.Tensor) and order[-1][1].numel() == out.numel():
         last = order[-1][0] if torch.equal(order[-1][1].reshape(out.shape).to(out.dtype), out) else None
-    refuse_probabilities(out, last)
+    if require_logits:
+        refuse_probabilities(out, last)
     if head_layer is not None and head_out:
         layer_out = head_out[-1].reshape(len(x), -1)
         if len(head_out) != 1 or layer_out.shape != out.shape or not torch.allclose(
@@ -360,13 +361,9 @@ class TorchHead(LinkFromOutputs):
                             dtype=self.dtype, finite=True)
 
     def target_indices(self, target: Any, n: int) -> torch.Tensor:
-        """The explained class per test point as indices (n,): one index for all points or one each. A torch
-        model's classes are the positions of its outputs, so a class name is refused with that explanation."""
-        if isinstance(target, str) or (isinstance(target, (list, tuple, np.ndarray)) and np.asarray(target).dtype.kind
-                                       in "USO"):
-            raise PrecedentsError(f"target={target!r} is a class name, but a torch model's classes are the indices "
-                                  f"0..{self.n_classes - 1} of its outputs: pass the index of the class to explain.")
-        return _expand_target(as_labels(target, "target"), n)
+        """The explained class per test point as indices (n,) (see :func:`~precedents.data.target_indices`); a
+        torch model's classes are the positions of its outputs, so a class name is refused with that reason."""
+        return target_indices(target, n, self.n_classes)
 
     def data_fingerprint(self, batches: Batches) -> str:
         """SHA-256 of the inputs and labels, as :meth:`run` computes it, without running the model (see
@@ -474,9 +471,3 @@ class TorchHead(LinkFromOutputs):
             )
         return out2
 
-
-def _expand_target(target: torch.Tensor, n: int) -> torch.Tensor:
-    """One class for all ``n`` points (a scalar or a length-1 vector) or one each."""
-    if target.ndim == 0 or (target.ndim == 1 and len(target) == 1 and n != 1):
-        return target.reshape(()).expand(n)
-    return target
