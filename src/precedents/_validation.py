@@ -91,56 +91,53 @@ def parse_methods(methods: str | Iterable[str], known: Iterable[str], what: str 
 
 def _describe_range(low: float | None, high: float | None, low_inclusive: bool, high_inclusive: bool) -> str:
     if low is not None and high is not None:
-        return f"in {'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
+        return f" in {'[' if low_inclusive else '('}{low:g}, {high:g}{']' if high_inclusive else ')'}"
     if low is not None:
-        return f"{'>=' if low_inclusive else '>'} {low}"
+        return f" {'>=' if low_inclusive else '>'} {low:g}"
     if high is not None:
-        return f"{'<=' if high_inclusive else '<'} {high}"
-    return "finite"
+        return f" {'<=' if high_inclusive else '<'} {high:g}"
+    return ""
 
 
 def check_scalar(name: str, value: Any, *, kind: type = float, low: float | None = None, high: float | None = None,
-                 low_inclusive: bool = True, high_inclusive: bool = True, allow_none: bool = False) -> Any:
+                 low_inclusive: bool = True, high_inclusive: bool = True, allow_none: bool = False,
+                 why: str = "") -> Any:
     """Return ``value`` as a ``kind`` (``float`` or ``int``) if it is a finite number in the allowed range, else
     raise a :class:`PrecedentsError` naming the parameter, the value and the range. NaN and infinity are refused;
     booleans are not numbers here; an ``int`` parameter refuses 2.5 but accepts 2.0 and numpy/torch integers.
-    ``allow_none``: None is returned as is (an option's "automatic" setting)."""
+    ``allow_none``: None is returned as is (an option's "automatic" setting); ``why`` says what the option is for.
+    """
     if value is None and allow_none:
         return None
-    allowed = _describe_range(low, high, low_inclusive, high_inclusive)
-    what = "an integer" if kind is int else "a number"
+    expected = (f"{name} must be a finite {'integer' if kind is int else 'number'}"
+                f"{_describe_range(low, high, low_inclusive, high_inclusive)}{' or None' if allow_none else ''}"
+                f"{f' ({why})' if why else ''}")
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     elif isinstance(value, np.ndarray) and value.size == 1:
         value = value.reshape(-1)[0]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
-        raise PrecedentsError(f"{name} must be {what} {allowed}{' or None' if allow_none else ''}; got {value!r} "
-                              f"({type(value).__name__}).")
+        raise PrecedentsError(f"{expected}; got {value!r} ({type(value).__name__}).")
     number = float(value)
-    if not math.isfinite(number):
-        raise PrecedentsError(f"{name} must be {what} {allowed}; got {value!r}.")
-    if kind is int:
-        if number != int(number):
-            raise PrecedentsError(f"{name} must be an integer {allowed}; got {value!r}.")
-        result: Any = int(number)
-    else:
-        result = number
+    if not math.isfinite(number) or (kind is int and number != int(number)):
+        raise PrecedentsError(f"{expected}; got {value!r}.")
     too_low = low is not None and (number < low or (not low_inclusive and number == low))
     too_high = high is not None and (number > high or (not high_inclusive and number == high))
     if too_low or too_high:
-        raise PrecedentsError(f"{name} must be {what} {allowed}; got {value!r}.")
-    return result
+        raise PrecedentsError(f"{expected}; got {value!r}.")
+    return int(number) if kind is int else number
 
 
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     """Return ``value`` if it is one of ``choices``, else a :class:`PrecedentsError` listing them (and the nearest
     one for a misspelt string)."""
     choices = list(choices)
-    try:
-        if value in choices:
-            return value
-    except TypeError:      # unhashable or incomparable values
-        pass
+    for choice in choices:
+        try:
+            if isinstance(choice, bool) == isinstance(value, (bool, np.bool_)) and bool(value == choice):
+                return value
+        except (TypeError, ValueError, RuntimeError):      # arrays, incomparable values
+            continue
     hint = ""
     if isinstance(value, str):
         close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1)

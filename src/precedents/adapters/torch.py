@@ -203,6 +203,21 @@ def refuse_probabilities(out: torch.Tensor, last_module: nn.Module | None = None
                               "that returns them; the training loss is computed from them.")
 
 
+def probe_logits(model: nn.Module, x: Any, forward_fn: ForwardFn | None = None, what: str = "input") -> torch.Tensor:
+    """The model's logits (n, C) on a few examples ``x``, run as every method runs it: floating inputs cast to the
+    model's dtype and device, eval mode (restored after), no gradients. A failure inside the model (wrong shape or
+    dtype of the inputs) or an output that is not (n, C) logits gets a :class:`PrecedentsError` naming the given
+    and the expected input."""
+    x = torch.as_tensor(x)
+    x = x.to(model_dtype(model)) if x.is_floating_point() else x
+    for p in model.parameters():
+        x = x.to(p.device)
+        break
+    with torch.no_grad(), eval_mode(model):
+        out = run_model(model, x, forward_fn or _default_forward, what)
+    return check_model_output(out, len(x), what)
+
+
 def check_gradient_model(model: nn.Module, x_probe: Any, forward_fn: ForwardFn | None = None, *,
                          head_layer: str | None = None, require_logits: bool = True, what: str = "training") -> None:
     """The checks the head path makes, for methods that differentiate the loss through the model (influence over
@@ -215,13 +230,6 @@ def check_gradient_model(model: nn.Module, x_probe: Any, forward_fn: ForwardFn |
     * with ``head_layer``: that layer's output is the model's output (the head is the last operation).
     """
     check_parameters_finite(model)
-    forward_fn = forward_fn or _default_forward
-    x = torch.as_tensor(x_probe)
-    if x.is_floating_point():
-        x = x.to(model_dtype(model))
-    for p in model.parameters():
-        x = x.to(p.device)
-        break
     order: list[tuple[nn.Module, Any]] = []
     head_out: list[torch.Tensor] = []
     handles = []
@@ -233,12 +241,10 @@ def check_gradient_model(model: nn.Module, x_probe: Any, forward_fn: ForwardFn |
         if head_layer is not None and head_layer in modules:
             handles.append(modules[head_layer].register_forward_hook(lambda m, i, o: head_out.append(o)))
     try:
-        with torch.no_grad(), eval_mode(model):
-            out = run_model(model, x, forward_fn, what)
+        out = probe_logits(model, x_probe, forward_fn, what)
     finally:
         for h in handles:
             h.remove()
-    out = check_model_output(out, len(x), what)
     if not all_finite(out):
         raise PrecedentsError(f"The model's outputs on the {what} examples are NaN or infinite: check the inputs' "
                               "scale and the weights.")
@@ -248,7 +254,7 @@ def check_gradient_model(model: nn.Module, x_probe: Any, forward_fn: ForwardFn |
     if require_logits:
         refuse_probabilities(out, last)
     if head_layer is not None and head_out:
-        layer_out = head_out[-1].reshape(len(x), -1)
+        layer_out = head_out[-1].reshape(len(out), -1)
         if len(head_out) != 1 or layer_out.shape != out.shape or not torch.allclose(
                 layer_out.float(), out.float(), rtol=1e-4, atol=1e-4):
             raise PrecedentsError(f"The output of layer {head_layer!r} is not the model's output: the explained head "
@@ -271,7 +277,44 @@ class LinkFromOutputs:
         return 2 if self.n_outputs == 1 else self.n_outputs
 
 
-class TorchHead(LinkFromOutputs):
+class TorchModel:
+    """The data side of a PyTorch model, for methods that differentiate through it and need no head: its batches
+    (floating inputs cast to the model's dtype, NaN/inf refused), the fingerprint of its weights and of a dataset.
+    :class:`TorchHead` adds the head view."""
+
+    link: str | None = None
+
+    def __init__(self, model: nn.Module, *, batch_size: int = 256, progress: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise PrecedentsError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        self.model = model
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.model)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype the model computes in; floating inputs are cast to it."""
+        return model_dtype(self.model)
+
+    def batches(self, data: DataLike, y: object = None, *, name: str = "X", require_labels: bool = False) -> Batches:
+        """The user's data as batches of tensors (see :func:`~precedents.data.make_batches`): floating inputs cast
+        to the model's dtype, NaN/inf refused."""
+        return make_batches(data, y, batch_size=self.batch_size, name=name, require_labels=require_labels,
+                            dtype=self.dtype, finite=True)
+
+    def data_fingerprint(self, batches: Batches) -> str:
+        """SHA-256 of the inputs and labels, as :meth:`run` computes it, without running the model (see
+        :class:`~precedents.data.Fingerprint`: independent of batch boundaries and of the labels' integer dtype)."""
+        fp = Fingerprint()
+        for x, y in batches:
+            fp.update(x, y)
+        return fp.hexdigest()
+
+
+class TorchHead(LinkFromOutputs, TorchModel):
     """Adapter for an ``nn.Module`` classifier.
 
     Parameters
@@ -346,32 +389,10 @@ class TorchHead(LinkFromOutputs):
             w = torch.cat([w, self.layer.bias.detach().to(torch.float64).cpu()[:, None]], dim=1)
         return w
 
-    def fingerprint(self) -> str:
-        return model_fingerprint(self.model)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The floating dtype the model computes in; floating inputs are cast to it."""
-        return model_dtype(self.model)
-
-    def batches(self, data: DataLike, y: object = None, *, name: str = "X", require_labels: bool = False) -> Batches:
-        """The user's data as batches of tensors (see :func:`~precedents.data.make_batches`): floating inputs cast
-        to the model's dtype, NaN/inf refused."""
-        return make_batches(data, y, batch_size=self.batch_size, name=name, require_labels=require_labels,
-                            dtype=self.dtype, finite=True)
-
     def target_indices(self, target: Any, n: int) -> torch.Tensor:
         """The explained class per test point as indices (n,) (see :func:`~precedents.data.target_indices`); a
         torch model's classes are the positions of its outputs, so a class name is refused with that reason."""
         return target_indices(target, n, self.n_classes)
-
-    def data_fingerprint(self, batches: Batches) -> str:
-        """SHA-256 of the inputs and labels, as :meth:`run` computes it, without running the model (see
-        :class:`~precedents.data.Fingerprint`: independent of batch boundaries and of the labels' integer dtype)."""
-        fp = Fingerprint()
-        for x, y in batches:
-            fp.update(x, y)
-        return fp.hexdigest()
 
     def weight_decay(self, n_train: int) -> torch.Tensor | None:
         """Unknown for a plain torch model: the optimiser's weight decay is not stored in the module."""
