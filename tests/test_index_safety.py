@@ -132,7 +132,7 @@ def test_interrupted_resave_leaves_the_old_index_loadable(tmp_path, monkeypatch,
     """Whatever step of a re-save is interrupted (KeyboardInterrupt), the previous index loads unchanged; the next
     save clears what the interrupted one left."""
     save(tmp_path / "index", seed=0)
-    real_save, real_replace, real_open = np.save, os.replace, open
+    real_save = np.save
     calls = {"n": 0}
 
     def failing_save(path, array, **kw):
