@@ -8,7 +8,6 @@ ends in a PrecedentsError (never KeyError, TypeError, JSONDecodeError or a numpy
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
