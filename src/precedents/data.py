@@ -266,7 +266,7 @@ def _canonical_labels(y: torch.Tensor) -> tuple[str, np.ndarray]:
         t = t[:, 0]
     if t.is_floating_point():
         if bool(torch.isfinite(t).all()) and torch.equal(t, t.round()):
-            return "int", t.to(torch.int64).contiguous().numpy()
+            return f"int{tuple(t.shape[1:])}", t.to(torch.int64).contiguous().numpy()
         return f"float{tuple(t.shape[1:])}", t.to(torch.float64).contiguous().numpy()
     return f"int{tuple(t.shape[1:])}", t.to(torch.int64).contiguous().numpy()
 
