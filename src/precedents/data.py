@@ -58,10 +58,13 @@ def as_tensor(values: Any, name: str) -> torch.Tensor:
         if _is_text(values):
             raise PrecedentsError(f"{name} holds {'strings' if values.dtype.kind in 'US' else 'Python objects'} "
                                   f"(e.g. {values.reshape(-1)[:3].tolist()}); convert it to numbers first.")
-        return torch.from_numpy(np.ascontiguousarray(values))
+        return torch.from_numpy(values if values.flags.c_contiguous else np.ascontiguousarray(values))
     try:
         array = np.asarray(values)
     except (TypeError, ValueError) as err:
+        if "inhomogeneous" in str(err) or "sequence" in str(err):
+            raise PrecedentsError(f"{name} has rows of different lengths: pass a rectangular array, one row per "
+                                  "example.") from err
         raise PrecedentsError(f"{name} could not be read as an array ({type(values).__name__}): {err}. Pass a "
                               "numpy array or tensor with one row per example.") from err
     if array.dtype == object and array.ndim >= 1 and len(array) and all(hasattr(v, "__len__") for v in array.flat):

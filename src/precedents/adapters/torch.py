@@ -141,8 +141,9 @@ def describe_expected_input(model: nn.Module, x: Any) -> str:
     else:
         d = layer.in_features
         expect = f"inputs of shape (n, {d}) in floating point"
-        if shape is not None and len(shape) == 1 and shape[0] == d:
-            hints.append(f"This looks like one example without the batch axis: pass X[None] (shape (1, {d})).")
+        if shape is not None and len(shape) == 1:
+            hints.append(f"The inputs are 1-D, one number per example: if they are one example without the batch "
+                         f"axis, pass X[None] (shape (1, {d})).")
         elif shape is not None and len(shape) > 2 and math.prod(shape[1:]) == d:
             hints.append(f"The model takes flat vectors: pass X.reshape(len(X), -1) (shape ({shape[0]}, {d})).")
         elif shape is not None and len(shape) >= 2 and shape[-1] != d:
@@ -157,7 +158,11 @@ def describe_expected_input(model: nn.Module, x: Any) -> str:
     return f" Its first layer {name!r} ({type(layer).__name__}) expects {expect}. " + " ".join(hints)
 
 
-def run_model(model: nn.Module, x: Any, forward_fn: ForwardFn, what: str = "input") -> Any:
+def _the_inputs(what: str) -> str:
+    return f"the {what} inputs" if what else "the inputs"
+
+
+def run_model(model: nn.Module, x: Any, forward_fn: ForwardFn, what: str = "") -> Any:
     """``forward_fn(model, x)``; an error from inside the model (wrong shape or dtype of the inputs) becomes a
     :class:`PrecedentsError` naming the given and the expected input."""
     try:
@@ -168,11 +173,11 @@ def run_model(model: nn.Module, x: Any, forward_fn: ForwardFn, what: str = "inpu
         given = (f"of shape {tuple(x.shape)} ({str(x.dtype).replace('torch.', '')})" if isinstance(x, torch.Tensor)
                  else f"of type {type(x).__name__}")
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise PrecedentsError(f"The model could not run on the {what} inputs {given}: {first}."
+        raise PrecedentsError(f"The model could not run on {_the_inputs(what)} {given}: {first}."
                               f"{describe_expected_input(model, x)}".rstrip()) from err
 
 
-def check_model_output(out: Any, n: int, what: str = "input") -> torch.Tensor:
+def check_model_output(out: Any, n: int, what: str = "") -> torch.Tensor:
     """The model's logits as (n, C): refuses a non-tensor, and an output whose first axis is not the batch."""
     if isinstance(out, (tuple, list)) or not isinstance(out, torch.Tensor):
         raise PrecedentsError(
@@ -181,7 +186,8 @@ def check_model_output(out: Any, n: int, what: str = "input") -> torch.Tensor:
         )
     if out.ndim == 0 or out.ndim > 2 or out.shape[0] != n:
         raise PrecedentsError(
-            f"The model returned an output of shape {tuple(out.shape)} for a batch of {n} {what} examples; it must "
+            f"The model returned an output of shape {tuple(out.shape)} for a batch of {n} {what + ' ' if what else ''}"
+            f"examples; it must "
             f"return logits of shape ({n}, C) (or ({n},) for one output). Check that the inputs have the batch "
             "axis first (one example x is passed as x[None])."
         )
@@ -203,7 +209,7 @@ def refuse_probabilities(out: torch.Tensor, last_module: nn.Module | None = None
                               "that returns them; the training loss is computed from them.")
 
 
-def probe_logits(model: nn.Module, x: Any, forward_fn: ForwardFn | None = None, what: str = "input") -> torch.Tensor:
+def probe_logits(model: nn.Module, x: Any, forward_fn: ForwardFn | None = None, what: str = "") -> torch.Tensor:
     """The model's logits (n, C) on a few examples ``x``, run as every method runs it: floating inputs cast to the
     model's dtype and device, eval mode (restored after), no gradients. A failure inside the model (wrong shape or
     dtype of the inputs) or an output that is not (n, C) logits gets a :class:`PrecedentsError` naming the given
@@ -219,7 +225,7 @@ def probe_logits(model: nn.Module, x: Any, forward_fn: ForwardFn | None = None, 
 
 
 def check_gradient_model(model: nn.Module, x_probe: Any, forward_fn: ForwardFn | None = None, *,
-                         head_layer: str | None = None, require_logits: bool = True, what: str = "training") -> None:
+                         head_layer: str | None = None, require_logits: bool = True, what: str = "") -> None:
     """The checks the head path makes, for methods that differentiate the loss through the model (influence over
     all parameters, TracIn, gradient similarity), run on a few examples ``x_probe`` in eval mode:
 
@@ -246,7 +252,7 @@ def check_gradient_model(model: nn.Module, x_probe: Any, forward_fn: ForwardFn |
         for h in handles:
             h.remove()
     if not all_finite(out):
-        raise PrecedentsError(f"The model's outputs on the {what} examples are NaN or infinite: check the inputs' "
+        raise PrecedentsError(f"The model's outputs on {_the_inputs(what)} are NaN or infinite: check the inputs' "
                               "scale and the weights.")
     last = None
     if order and isinstance(order[-1][1], torch.Tensor) and order[-1][1].numel() == out.numel():
@@ -444,7 +450,7 @@ class TorchHead(LinkFromOutputs, TorchModel):
             features = torch.cat([features, torch.ones(len(features), 1, dtype=features.dtype)], dim=1)
         return HeadFeatures(features, torch.cat(logits), torch.cat(labels) if labels else None, fp.hexdigest())
 
-    def _forward_capturing(self, x: torch.Tensor, captured: list, what: str = "input") -> torch.Tensor:
+    def _forward_capturing(self, x: torch.Tensor, captured: list, what: str = "") -> torch.Tensor:
         """Run the model; ``captured`` receives (input, output) of the explained layer.
 
         Eager modules use a forward hook. TorchScript modules cannot be hooked: they must either export a
@@ -471,7 +477,7 @@ class TorchHead(LinkFromOutputs, TorchModel):
         captured.append((phi, self.layer(phi)))
         return run_model(self.model, x, self.forward_fn, what)
 
-    def _check_output(self, out: object, captured: list, n: int, what: str = "input") -> torch.Tensor:
+    def _check_output(self, out: object, captured: list, n: int, what: str = "") -> torch.Tensor:
         out = check_model_output(out, n, what)
         if len(captured) != 1:
             raise PrecedentsError(

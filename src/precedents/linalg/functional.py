@@ -160,13 +160,17 @@ class LossGradients:
         return losses
 
     def _prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.as_tensor(x)
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+            hint = " If X is one example, add the batch axis: X[None]." if x.ndim == 1 and y.numel() == 1 else ""
+            raise PrecedentsError(f"Inputs of shape {tuple(x.shape)} and labels of shape {tuple(y.shape)} do not "
+                                  f"pair up: one label per example (batch axis first).{hint}")
         x = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
         if not self._probed and len(x):
             check_gradient_model(self.module.model, x[:8], self.forward_fn, head_layer=self.head_layer,
                                  require_logits=self.loss_fn in (default_loss, squared_hinge_loss))
             self._probed = True
-        return x, torch.as_tensor(y).to(self.device)
+        return x, y.to(self.device)
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example losses (b,) of one batch at the current parameters, without gradients."""
