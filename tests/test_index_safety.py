@@ -160,6 +160,28 @@ def test_interrupted_resave_leaves_the_old_index_loadable(tmp_path, monkeypatch,
     assert len(list((tmp_path / "index").iterdir())) == 2
 
 
+def test_disk_errors_are_precedents_errors_and_change_nothing(tmp_path, monkeypatch):
+    def full_disk(path, array, **kw):
+        raise OSError(28, "No space left on device")
+
+    save(tmp_path / "index", seed=0)
+    monkeypatch.setattr(index_mod.np, "save", full_disk)
+    with pytest.raises(pc.PrecedentsError, match="Cannot write the index.*No space left.*Nothing was changed"):
+        save(tmp_path / "index", seed=1)
+    with pytest.raises(pc.PrecedentsError, match="No space left"):
+        save(tmp_path / "new", seed=1)
+    monkeypatch.undo()
+    assert_loads(tmp_path / "index", 0)
+    assert len(list((tmp_path / "index").iterdir())) == 2 and not (tmp_path / "new").exists()
+
+
+def test_home_directory_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save(Path("~/idx"))
+    assert_loads(tmp_path / "idx", 0)
+    assert_loads(Path("~/idx"), 0)
+
+
 def test_leftovers_of_a_killed_save_are_recognised_and_cleared(tmp_path):
     """A hard kill (no cleanup) between writing the arrays and the commit leaves an unreferenced arrays folder and a
     temporary manifest: the index still loads as the old one, and the next save removes both."""

@@ -118,3 +118,35 @@ def test_check_finite_allocates_no_full_size_temporary():
         check_finite("X", X)
     largest = max((e.cpu_memory_usage for e in prof.events()), default=0)
     assert largest < X.numel()            # < 4 MB: neither a bool mask (4 MB) nor a float64 copy (32 MB)
+
+
+def test_check_labels_names_the_problem():
+    from precedents._validation import check_labels
+
+    with pytest.raises(PrecedentsError, match="y is missing"):
+        check_labels(None, 3, 4)
+    with pytest.raises(PrecedentsError, match=r"class indices 0..2; got \['a', 'b', 'c'\]"):
+        check_labels(np.array(["a", "b", "c", "a"]), 3, 4)
+    with pytest.raises(PrecedentsError, match=r"one-hot or probability rows.*y.argmax\(1\)"):
+        check_labels(torch.eye(3)[[0, 1, 2, 0]], 3, 4)
+    with pytest.raises(PrecedentsError, match="non-integer"):
+        check_labels(torch.tensor([0.0, float("nan"), 1.0, 2.0]), 3, 4)
+    with pytest.raises(PrecedentsError, match=r"from -1 to 2"):
+        check_labels(torch.tensor([0, -1, 1, 2], dtype=torch.int8), 3, 4)
+    assert check_labels(np.array([[0], [2], [1], [1]], dtype=np.uint8), 3, 4).tolist() == [0, 2, 1, 1]
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, "64", None, True])
+def test_adapters_refuse_bad_batch_sizes(batch_size):
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    from precedents.adapters import head_adapter
+
+    X, y = load_iris(return_X_y=True)
+    models = (nn.Linear(4, 3), LogisticRegression(max_iter=300).fit(X, y),
+              GradientBoostingClassifier(n_estimators=2, max_depth=1).fit(X, y))
+    for model in models:
+        with pytest.raises(PrecedentsError, match="batch_size must be a finite integer >= 1"):
+            head_adapter(model, batch_size=batch_size, progress=False)

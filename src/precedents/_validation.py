@@ -48,9 +48,22 @@ def check_labels(labels: torch.Tensor, n_classes: int, n_examples: int, name: st
 
     A one-output (sigmoid) head has ``n_classes == 2``: labels must be 0 or 1.
     """
-    labels = torch.as_tensor(labels)
+    if labels is None:
+        raise PrecedentsError(f"{name} is missing: pass one class index per example.")
+    if not isinstance(labels, torch.Tensor):
+        array = np.asarray(labels)
+        if array.dtype.kind in "USO":
+            raise PrecedentsError(f"{name} must hold class indices 0..{n_classes - 1}; got "
+                                  f"{array.reshape(-1)[:3].tolist()}... Map class names to the indices of the "
+                                  "model's outputs.")
+        labels = torch.as_tensor(array)
+    if labels.is_complex():
+        raise PrecedentsError(f"{name} must hold integer class indices; got complex values.")
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
+    if labels.ndim == 2 and labels.shape == (n_examples, n_classes):
+        raise PrecedentsError(f"{name} has shape {tuple(labels.shape)}: one-hot or probability rows. Pass the class "
+                              f"indices instead, e.g. {name}.argmax(1).")
     if labels.ndim != 1:
         raise PrecedentsError(f"{name} must be a 1-D vector of class indices, got shape {tuple(labels.shape)}.")
     if len(labels) != n_examples:

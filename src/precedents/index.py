@@ -20,6 +20,7 @@ dtype, and refuses a manifest that names files outside the index folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -108,9 +109,10 @@ def _index_files(root: Path) -> tuple[set[str], list[str]] | None:
     return owned, sorted(foreign)
 
 
-def _prepare_target(target: Path) -> tuple[Path, set[str]]:
-    """The folder to save into (created if needed) and the entries of a previous index there, to remove after the
-    new manifest is in place. Refuses any path where saving could touch something that is not an index."""
+def _prepare_target(target: Path) -> tuple[bool, set[str]]:
+    """Whether the folder to save into had to be created (it is, with its parents), and the entries of a previous
+    index there, to remove after the new manifest is in place. Refuses any path where saving could touch something
+    that is not an index."""
     if target.is_symlink() and not target.is_dir():
         raise PrecedentsError(f"{target} is a symbolic link to {os.readlink(target)!r}, not a folder: save(dir) "
                               "writes a folder. Choose a new folder name.")
@@ -122,11 +124,17 @@ def _prepare_target(target: Path) -> tuple[Path, set[str]]:
             target.mkdir(parents=True)
         except OSError as err:
             raise PrecedentsError(f"Cannot create the index folder {target}: {err}.") from err
-        return target, set()
-    children = list(target.iterdir())
+        return True, set()
+    try:
+        children = list(target.iterdir())
+    except OSError as err:
+        raise PrecedentsError(f"Cannot read the folder {target}: {err}.") from err
     if not children:
-        return target, set()
-    files = _index_files(target)
+        return False, set()
+    try:
+        files = _index_files(target)
+    except OSError as err:
+        raise PrecedentsError(f"Cannot read the folder {target}: {err}.") from err
     if files is None:
         shown = ", ".join(sorted(c.name for c in children)[:5]) + (" ..." if len(children) > 5 else "")
         raise PrecedentsError(f"{target} is a folder that is not a precedents index and is not empty (it holds "
@@ -137,7 +145,7 @@ def _prepare_target(target: Path) -> tuple[Path, set[str]]:
         raise PrecedentsError(f"{target} holds a precedents index but also files that are not part of it ({shown}). "
                               "save(dir) never removes files it did not write: move them, or choose another "
                               "folder.")
-    return target, owned
+    return False, owned
 
 
 def _json_ready(value: Any, where: str) -> Any:
@@ -156,7 +164,8 @@ def save_index(directory: str | os.PathLike, *, method: str, params: dict[str, A
             raise PrecedentsError(f"Array name {name!r} cannot be a file name in an index.")
     params = _json_ready(params, "parameters")
     meta = _json_ready(meta, "metadata")
-    target, previous = _prepare_target(Path(directory))
+    target = Path(directory).expanduser()
+    created, previous = _prepare_target(target)
     token = secrets.token_hex(8)
     folder = target / f"arrays-{token}"
     tmp_manifest = target / f".manifest-{token}.json"
@@ -176,9 +185,15 @@ def save_index(directory: str | os.PathLike, *, method: str, params: dict[str, A
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_manifest, target / MANIFEST)            # the commit point
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(folder, ignore_errors=True)
         tmp_manifest.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                target.rmdir()
+        if isinstance(err, OSError):
+            raise PrecedentsError(f"Cannot write the index to {target}: {err}. Nothing was changed there; free "
+                                  "space or choose a folder you can write to.") from err
         raise
     for name in previous - {MANIFEST, folder.name}:            # only what the previous index owned
         path = target / name
@@ -232,7 +247,7 @@ def load_index(directory: str | os.PathLike, *, verify: bool = True) -> tuple[Ma
     Every array is checked against the manifest's shape and dtype. The manifest is returned as a :class:`Manifest`:
     reading a key it lacks raises a :class:`PrecedentsError` naming the key.
     """
-    root = Path(directory)
+    root = Path(directory).expanduser()
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is a file, not an index folder"
         raise PrecedentsError(f"{root} {what}. {_REBUILD}")
@@ -244,7 +259,11 @@ def load_index(directory: str | os.PathLike, *, verify: bool = True) -> tuple[Ma
         path = root / entry["file"]
         if not path.is_file():
             raise PrecedentsError(f"Index {root} is incomplete: {entry['file']} is missing. {_REBUILD}")
-        if verify and _sha256_file(path) != entry["sha256"]:
+        try:
+            digest = _sha256_file(path) if verify else entry["sha256"]
+        except OSError as err:
+            raise PrecedentsError(f"Cannot read {path}: {err}.") from err
+        if digest != entry["sha256"]:
             raise PrecedentsError(f"Index {root} is corrupt: {entry['file']} does not match its checksum. {_REBUILD}")
         mmap = "r" if path.stat().st_size > MMAP_THRESHOLD else None
         try:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._validation import PrecedentsError, all_finite, check_finite
+from .._validation import PrecedentsError, all_finite, check_finite, check_scalar
 from ..data import Batches, DataLike, Fingerprint, make_batches, model_fingerprint, target_indices
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ class TorchModel:
         if not isinstance(model, nn.Module):
             raise PrecedentsError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         self.model = model
-        self.batch_size = batch_size
+        self.batch_size = check_scalar("batch_size", batch_size, kind=int, low=1)
         self.progress = progress
 
     def fingerprint(self) -> str:
@@ -342,8 +342,10 @@ class TorchHead(LinkFromOutputs, TorchModel):
             )
         self.model = model
         self.layer_name, self.layer = self._find_layer(model, layer)
+        if forward_fn is not None and not callable(forward_fn):
+            raise PrecedentsError(f"forward_fn must be a function forward_fn(model, x) -> logits, got {forward_fn!r}.")
         self.forward_fn = forward_fn or _default_forward
-        self.batch_size = batch_size
+        self.batch_size = check_scalar("batch_size", batch_size, kind=int, low=1)
         self.progress = progress
 
     @staticmethod

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import PrecedentsError
+from .._validation import PrecedentsError, check_scalar
 from ..data import Batches, Fingerprint, labels_to_indices, target_indices
 from .torch import HeadFeatures, LinkFromOutputs
 
@@ -520,7 +520,7 @@ class TreeHead(LinkFromOutputs):
     def __init__(self, model: Any, *, batch_size: int = 4096, progress: bool = True) -> None:
         self.estimator = model
         self.ensemble = ensemble_of(model)
-        self.batch_size = max(int(batch_size), 1)
+        self.batch_size = check_scalar("batch_size", batch_size, kind=int, low=1)
         self.progress = progress
 
     # -- the head ----------------------------------------------------------------------------------------------
