@@ -284,3 +284,15 @@ def test_tree_labels_are_mapped_through_classes(tmp_path):
 def test_target_indices_without_classes():
     with pytest.raises(pc.PrecedentsError, match="class name"):
         target_indices(np.array(["a", "b"]), 2, 3)
+
+
+def test_sparse_and_dataframe_inputs_for_a_torch_model(fitted, digits):
+    import pandas as pd
+    import scipy.sparse
+
+    _, _, Xte, _ = digits
+    dense = fitted.attribute(Xte[:3]).scores
+    torch.testing.assert_close(fitted.attribute(scipy.sparse.csr_matrix(Xte[:3].numpy())).scores, dense)
+    torch.testing.assert_close(fitted.attribute(pd.DataFrame(Xte[:3].numpy())).scores, dense)
+    with pytest.raises(pc.PrecedentsError, match="Python objects"):
+        fitted.attribute(pd.DataFrame({"a": ["x", "y"], "b": [1.0, 2.0]}))

@@ -303,6 +303,21 @@ def test_missing_meta_key_read_by_a_method_is_a_precedents_error(tmp_path):
     assert manifest.get("data_fingerprint") is None
 
 
+@pytest.mark.parametrize("directory", [None, 3, "", b"bytes"])
+def test_a_folder_must_be_a_path(directory):
+    with pytest.raises(pc.PrecedentsError, match="is a path"):
+        save_index(directory, method="x", params={}, arrays={}, meta={})
+    with pytest.raises(pc.PrecedentsError, match="is a path"):
+        load_index(directory)
+
+
+def test_parent_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(pc.PrecedentsError, match="Cannot create the index folder"):
+        save(tmp_path / "file" / "index")
+    assert (tmp_path / "file").read_text() == "x"
+
+
 def test_missing_folder_file_or_manifest(tmp_path):
     with pytest.raises(pc.PrecedentsError, match="does not exist"):
         load_index(tmp_path / "nowhere")

@@ -48,6 +48,8 @@ def as_tensor(values: Any, name: str) -> torch.Tensor:
         return values
     if hasattr(values, "to_numpy") and not isinstance(values, np.ndarray):     # pandas
         values = values.to_numpy()
+    elif hasattr(values, "toarray") and hasattr(values, "nnz"):                # scipy sparse
+        values = values.toarray()
     if isinstance(values, (list, tuple)) and values and all(isinstance(v, torch.Tensor) for v in values):
         shapes = {tuple(v.shape) for v in values}
         if len(shapes) > 1:

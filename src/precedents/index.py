@@ -155,16 +155,22 @@ def _json_ready(value: Any, where: str) -> Any:
         raise PrecedentsError(f"Cannot save the index: its {where} are not JSON-serialisable ({err}).") from err
 
 
+def _as_path(directory: Any) -> Path:
+    if not isinstance(directory, (str, os.PathLike)) or str(directory) == "":
+        raise PrecedentsError(f"An index folder is a path (a string or pathlib.Path); got {directory!r}.")
+    return Path(directory).expanduser()
+
+
 def save_index(directory: str | os.PathLike, *, method: str, params: dict[str, Any],
                arrays: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write ``arrays`` and a manifest to ``directory``, replacing an index there atomically (see the module
     docstring); refuses a file, or a folder holding anything but a precedents index."""
+    target = _as_path(directory)
     for name in arrays:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
             raise PrecedentsError(f"Array name {name!r} cannot be a file name in an index.")
     params = _json_ready(params, "parameters")
     meta = _json_ready(meta, "metadata")
-    target = Path(directory).expanduser()
     created, previous = _prepare_target(target)
     token = secrets.token_hex(8)
     folder = target / f"arrays-{token}"
@@ -247,7 +253,7 @@ def load_index(directory: str | os.PathLike, *, verify: bool = True) -> tuple[Ma
     Every array is checked against the manifest's shape and dtype. The manifest is returned as a :class:`Manifest`:
     reading a key it lacks raises a :class:`PrecedentsError` naming the key.
     """
-    root = Path(directory).expanduser()
+    root = _as_path(directory)
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is a file, not an index folder"
         raise PrecedentsError(f"{root} {what}. {_REBUILD}")
