@@ -296,3 +296,22 @@ def test_sparse_and_dataframe_inputs_for_a_torch_model(fitted, digits):
     torch.testing.assert_close(fitted.attribute(pd.DataFrame(Xte[:3].numpy())).scores, dense)
     with pytest.raises(pc.PrecedentsError, match="Python objects"):
         fitted.attribute(pd.DataFrame({"a": ["x", "y"], "b": [1.0, 2.0]}))
+
+
+class TextItems(Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return "a review", 1
+
+
+def test_loader_batches_that_are_dicts_or_text(digits_mlp):
+    from torch.utils.data import default_collate
+
+    loader = DataLoader(TensorDataset(torch.zeros(4, 64), torch.zeros(4).long()), batch_size=2,
+                        collate_fn=lambda items: {"x": default_collate(items)[0]})
+    with pytest.raises(pc.PrecedentsError, match=r"batches of train are dicts \(keys \['x'\]\)"):
+        pc.RepresenterL2(digits_mlp, progress=False).fit(loader)
+    with pytest.raises(pc.PrecedentsError, match="holds strings"):
+        pc.RepresenterL2(digits_mlp, progress=False).fit(TextItems())

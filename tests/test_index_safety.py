@@ -182,6 +182,16 @@ def test_home_directory_is_expanded(tmp_path, monkeypatch):
     assert_loads(Path("~/idx"), 0)
 
 
+def test_resave_into_the_folder_a_loaded_index_is_memory_mapped_from(tmp_path, monkeypatch):
+    """Load an index (memory-mapped), then save the loaded arrays back to the same folder: the new arrays are written
+    before the old files are removed, so the result is the same index."""
+    monkeypatch.setattr(index_mod, "MMAP_THRESHOLD", 0)
+    save(tmp_path / "index", seed=3)
+    manifest, loaded = load_index(tmp_path / "index")
+    save_index(tmp_path / "index", method="rps-l2", params=manifest["params"], arrays=loaded, meta=META)
+    assert_loads(tmp_path / "index", 3)
+
+
 def test_leftovers_of_a_killed_save_are_recognised_and_cleared(tmp_path):
     """A hard kill (no cleanup) between writing the arrays and the commit leaves an unreferenced arrays folder and a
     temporary manifest: the index still loads as the old one, and the next save removes both."""

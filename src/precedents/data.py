@@ -129,8 +129,8 @@ class Batches:
     """A re-iterable source of ``(x, y)`` batches; ``y`` is None when the data carry no labels.
 
     ``dtype``: floating inputs are cast to it (the model's dtype); ``finite``: NaN or infinite inputs are refused
-    (numbered by position); ``require_labels``: a batch without labels is refused. ``name`` names the data in
-    errors.
+    (numbered by position); ``require_labels``: a batch without labels is refused; ``tensors``: inputs are
+    converted to tensors (a clear error for text or ragged batches). ``name`` names the data in errors.
     """
 
     source: Any
@@ -141,6 +141,7 @@ class Batches:
     dtype: torch.dtype | None = None
     finite: bool = False
     require_labels: bool = False
+    tensors: bool = False
 
     def _raw(self) -> Iterator[tuple[Any, Any]]:
         src = self.source
@@ -151,6 +152,10 @@ class Batches:
                 yield X[start:stop], (None if y is None else y[start:stop])
         else:
             for batch in src:
+                if isinstance(batch, dict):
+                    raise PrecedentsError(f"The batches of {self.name} are dicts (keys {sorted(batch)[:5]}); "
+                                          "precedents reads batches (x, y). Return (inputs, labels) from the "
+                                          "Dataset or the collate_fn.")
                 if isinstance(batch, (tuple, list)):
                     yield batch[0], (batch[1] if len(batch) > 1 else None)
                 else:
@@ -159,6 +164,8 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[Any, torch.Tensor | None]]:
         seen = 0
         for x, y in self._raw():
+            if self.tensors and not isinstance(x, torch.Tensor):
+                x = as_tensor(x, f"a batch of {self.name}")
             if isinstance(x, torch.Tensor) and x.is_floating_point():
                 if self.finite:
                     check_finite(f"The inputs of {self.name}", x, offset=seen)
@@ -219,7 +226,7 @@ def make_batches(data: DataLike, y: Any = None, *, batch_size: int = 256, name: 
     ``dtype``: cast floating inputs to the model's dtype; ``finite``: refuse NaN/inf inputs.
     """
     batch_size = check_scalar("batch_size", batch_size, kind=int, low=1)
-    opts = {"name": name, "dtype": dtype, "finite": finite, "require_labels": require_labels}
+    opts = {"name": name, "dtype": dtype, "finite": finite, "require_labels": require_labels, "tensors": True}
     if isinstance(data, DataLoader):
         if y is not None:
             raise PrecedentsError("Pass labels inside the DataLoader's batches, not as a separate y.")

@@ -308,7 +308,7 @@ class SklearnHead(TorchHead):
         if require_labels and labels is None:
             raise PrecedentsError(f"{name} needs labels: pass (X, y) as a tuple, or fit(X, y).")
         return Batches((X, labels), self.batch_size, len(X), has_labels=labels is not None, name=name,
-                       dtype=torch.float64, finite=True, require_labels=require_labels)
+                       dtype=torch.float64, finite=True, require_labels=require_labels, tensors=True)
 
 
 def sklearn_head(model: Any, layer: str | None = None, *, batch_size: int = 256, progress: bool = True) -> SklearnHead:
