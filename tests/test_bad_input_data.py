@@ -315,3 +315,23 @@ def test_loader_batches_that_are_dicts_or_text(digits_mlp):
         pc.RepresenterL2(digits_mlp, progress=False).fit(loader)
     with pytest.raises(pc.PrecedentsError, match="holds strings"):
         pc.RepresenterL2(digits_mlp, progress=False).fit(TextItems())
+
+
+def test_tree_inputs_one_row_loader_and_lightgbm_string_labels():
+    import lightgbm as lgb
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X, y = X[:150], y[:150]
+    names = np.array(["benign", "malignant"])[y]
+    model = lgb.LGBMClassifier(n_estimators=5, max_depth=2, verbose=-1, n_jobs=1).fit(X, names)
+    head = head_adapter(model, progress=False)
+    labels = torch.cat([yb for _, yb in head.batches((X, names))])
+    assert torch.equal(labels, torch.as_tensor(y))
+    with pytest.raises(pc.PrecedentsError, match=r"For one example, add the batch axis: X.reshape\(1, -1\)"):
+        head.batches(X[0])
+    with pytest.raises(pc.PrecedentsError, match="not a DataLoader"):
+        head.batches(DataLoader(TensorDataset(torch.tensor(X), torch.tensor(y))))
+    with pytest.raises(pc.PrecedentsError, match=r"labels \[0, 1\] that the model does not know"):
+        head.batches((X, y))
+    assert head.batches([X[0], X[1]]).n_examples == 2

@@ -179,7 +179,9 @@ def check_columns(X: Any, names: list[str] | None, n_features: int, what: str, f
         X = X.detach().cpu().numpy()
     X = np.asarray(X)
     if X.ndim != 2:
-        raise PrecedentsError(f"The {what} data must be a 2-D table (rows x features), got shape {X.shape}.")
+        hint = (" For one example, add the batch axis: X.reshape(1, -1)." if X.ndim == 1 and len(X) == n_features
+                else "")
+        raise PrecedentsError(f"The {what} data must be a 2-D table (rows x features), got shape {X.shape}.{hint}")
     if X.dtype == object:
         raise PrecedentsError(f"The {what} data are a numpy array of Python objects: pass a pandas DataFrame "
                               "(categorical columns as 'category' dtype) or a numeric array.")
@@ -566,6 +568,9 @@ class TreeHead(LinkFromOutputs):
                 raise PrecedentsError(f"{name} as a tuple must be (X, y); got a tuple of length {len(data)}. Pass "
                                       "a list, an array or a DataFrame for rows of inputs.")
             data, y = data
+        if isinstance(data, (torch.utils.data.Dataset, torch.utils.data.DataLoader)):
+            raise PrecedentsError(f"{name}: a tree ensemble takes a table (an array or a DataFrame of features), not "
+                                  f"a {type(data).__name__}.")
         X = self.ensemble.prepare(data, name)
         n = len(X)
         labels = None
