@@ -227,10 +227,13 @@ def _check_manifest(raw: Any, root: Path) -> Manifest:
         if not isinstance(raw[key], kind):
             raise PrecedentsError(f"{where}: {key!r} is a {type(raw[key]).__name__}, expected a "
                                   f"{'JSON object' if kind is dict else 'string'}. {_REBUILD}")
-    for key, kinds in {"model_fingerprint": (str,), "data_fingerprint": (str,), "link": (str,),
-                       "layer_name": (str, type(None)), "n_classes": (int,), "info": (dict,)}.items():
+    for key, kinds in {"model_fingerprint": (str,), "data_fingerprint": (str,), "link": (str,), "class": (str,),
+                       "layer_name": (str, type(None)), "n_classes": (int,), "n_train": (int,), "info": (dict,),
+                       "diagnostics": (dict,), "runtime_params": (list,)}.items():
         if key in raw and (not isinstance(raw[key], kinds) or isinstance(raw[key], bool)):
             raise PrecedentsError(f"{where}: {key!r} is {raw[key]!r}, of the wrong type. {_REBUILD}")
+    if not all(isinstance(k, str) for k in raw.get("runtime_params", [])):
+        raise PrecedentsError(f"{where}: 'runtime_params' must list parameter names. {_REBUILD}")
     for name, entry in raw["arrays"].items():
         ok = (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("dtype"), str)
               and isinstance(entry.get("sha256"), str) and isinstance(entry.get("shape"), list)
