@@ -22,7 +22,8 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 from tqdm.auto import tqdm
 
-from .._validation import PrecedentsError
+from .._validation import PrecedentsError, check_param_names, check_scalar
+from ..adapters.torch import check_gradient_model, check_parameters_finite, eval_mode
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -64,6 +65,7 @@ class _Forward(nn.Module):
 def select_parameters(model: nn.Module, params: str | Sequence[str], head_layer: str | None) -> list[str]:
     """Names of the parameters to differentiate: ``"head"`` (the final linear layer), ``"all"``, or a list."""
     named = dict(model.named_parameters())
+    params = check_param_names(model, params)
     if params == "head":
         if head_layer is None:
             raise PrecedentsError("params='head' needs the final linear layer; none was found.")
@@ -74,10 +76,7 @@ def select_parameters(model: nn.Module, params: str | Sequence[str], head_layer:
             raise PrecedentsError("None of the model's parameters require gradients (params='all'): call "
                                   "model.requires_grad_(True) or name the parameters to differentiate.")
     else:
-        names = list(params)
-        missing = [n for n in names if n not in named]
-        if missing:
-            raise PrecedentsError(f"The model has no parameters named {missing}; it has: {', '.join(named)}.")
+        names = params
     frozen = [n for n in names if not named[n].requires_grad]
     if frozen and params != "head":
         raise PrecedentsError(f"Parameters {frozen} do not require gradients: influence needs them trainable "
@@ -86,16 +85,35 @@ def select_parameters(model: nn.Module, params: str | Sequence[str], head_layer:
 
 
 class LossGradients:
-    """Gradients and curvature of a model's loss with respect to the parameters ``names``."""
+    """Gradients and curvature of a model's loss with respect to the parameters ``names``.
+
+    Input checks, so that the gradient path refuses what the head path refuses: ``names`` must be a non-empty
+    list of the model's parameter names (:func:`~precedents._validation.check_param_names`), ``weight_decay``
+    finite and non-negative, the weights finite (a diverged run, a corrupt checkpoint). On the first batch the
+    model is probed (:func:`~precedents.adapters.torch.check_gradient_model`): it must run on the inputs and return
+    (n, C) logits, not probabilities (no final softmax; checked with the built-in losses), and with ``head_layer``
+    that layer must be the last operation. The model is evaluated in eval mode (dropout off, batch norm on running
+    statistics) and the mode of every submodule restored after each call. Floating inputs are cast to the model's
+    dtype.
+    """
 
     def __init__(self, model: nn.Module, names: list[str], *, loss_fn: LossFn = default_loss,
                  forward_fn: Callable | None = None, weight_decay: float | Mapping[str, float] = 0.0,
-                 batch_size: int = 256, progress: bool = True) -> None:
+                 batch_size: int = 256, progress: bool = True, head_layer: str | None = None) -> None:
+        names = check_param_names(model, names, keywords=())
+        check_parameters_finite(model)
         self.module = _Forward(model, forward_fn or (lambda m, x: m(x)))
+        self.forward_fn = forward_fn
+        self.head_layer = head_layer
+        self._probed = False
         self.names = names
         self.loss_fn = loss_fn
-        self.weight_decay = dict(weight_decay) if isinstance(weight_decay, Mapping) else float(weight_decay)
-        self.batch_size = batch_size
+        if isinstance(weight_decay, Mapping):
+            self.weight_decay = {str(k): check_scalar(f"weight_decay[{k!r}]", v, low=0.0)
+                                 for k, v in weight_decay.items()}
+        else:
+            self.weight_decay = check_scalar("weight_decay", weight_decay, low=0.0)
+        self.batch_size = check_scalar("batch_size", batch_size, kind=int, low=1)
         self.progress = progress
         named = dict(model.named_parameters())
         self.params = {n: named[n].detach() for n in names}
@@ -133,7 +151,8 @@ class LossGradients:
     def _losses(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         full = {f"model.{n}": p for n, p in params.items()}
         full.update(self.frozen)
-        logits = functional_call(self.module, full, (x,))
+        with eval_mode(self.module):
+            logits = functional_call(self.module, full, (x,))
         losses = self.loss_fn(logits, y)
         if losses.shape != (len(x),):
             raise PrecedentsError(f"The loss must return one value per example, shape ({len(x)},); it returned "
@@ -141,9 +160,17 @@ class LossGradients:
         return losses
 
     def _prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.as_tensor(x)
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+            hint = " If X is one example, add the batch axis: X[None]." if x.ndim == 1 and y.numel() == 1 else ""
+            raise PrecedentsError(f"Inputs of shape {tuple(x.shape)} and labels of shape {tuple(y.shape)} do not "
+                                  f"pair up: one label per example (batch axis first).{hint}")
         x = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
-        return x, torch.as_tensor(y).to(self.device)
+        if not self._probed and len(x):
+            check_gradient_model(self.module.model, x[:8], self.forward_fn, head_layer=self.head_layer,
+                                 require_logits=self.loss_fn in (default_loss, squared_hinge_loss))
+            self._probed = True
+        return x, y.to(self.device)
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example losses (b,) of one batch at the current parameters, without gradients."""
