@@ -42,7 +42,9 @@ import numpy as np
 import torch
 
 from .._validation import PrecedentsError, parse_methods
+from ..linalg.head import predicted_classes
 from .metrics import rankdata
+from .retrain import HeadRetrainer, Retrainer
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -273,7 +275,7 @@ def _model_outputs(model: Any, X: Any, y: torch.Tensor, o: SelfScoreOptions) -> 
     head = head_adapter(model, o.layer, batch_size=o.batch_size, progress=o.progress)
     run = head.run(head.batches(X, y, name="train", require_labels=True), what="training")
     logits = run.logits
-    pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+    pred = predicted_classes(logits)
     return logits, pred, head.link
 
 
@@ -510,10 +512,7 @@ def write_corrections(path: str | os.PathLike, corrections: Mapping[int, int]) -
 def _predict(predictor: Callable[[Any], Any], X: Any) -> np.ndarray:
     with torch.no_grad():
         logits = predictor(X)
-    logits = torch.as_tensor(logits)
-    if logits.ndim == 2 and logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long().cpu().numpy()
-    return logits.argmax(1).cpu().numpy()
+    return predicted_classes(torch.as_tensor(logits)).cpu().numpy()
 
 
 def accuracy(predictor: Callable[[Any], Any], X: Any, y: Any) -> float:
@@ -538,66 +537,21 @@ class FixResult:
                 "accuracy_after": self.accuracy_after, "change": self.change}
 
 
-def fix_and_retrain(retrain: Callable[[torch.Tensor], Callable[[Any], Any]], y: Any, corrections: Mapping[int, int],
-                    X_test: Any, y_test: Any, *, n_classes: int, before: Callable[[Any], Any] | None = None
-                    ) -> FixResult:
+def fix_and_retrain(retrain: Retrainer, y: Any, corrections: Mapping[int, int], X_test: Any, y_test: Any, *,
+                    n_classes: int, before: Callable[[Any], Any] | None = None) -> FixResult:
     """Apply ``corrections`` to the training labels ``y``, retrain, and compare test accuracy.
 
-    ``retrain(labels)`` trains on the (fixed) training inputs with these labels and returns a predictor
-    (``predictor(X) -> logits``, e.g. an ``nn.Module``). ``before``: the predictor trained on ``y`` (default:
-    ``retrain(y)``, so that both sides come from the same procedure). Accuracies are fractions of ``X_test``.
+    ``retrain``: a :class:`~precedents.evaluate.retrain.Retrainer` over the training inputs; ``retrain.retrain(
+    y=labels)`` trains on them with these labels and returns a predictor (``predictor(X) -> logits``, e.g. an
+    ``nn.Module``): :class:`HeadRetrainer` (the last layer refit), :class:`LogisticRegressionRetrainer`,
+    :class:`FromScratchRetrainer`. ``before``: the predictor trained on ``y`` (default: ``retrain.retrain(y=y)``,
+    so that both sides come from the same procedure). Accuracies are fractions of ``X_test``.
     """
+    if not isinstance(retrain, Retrainer):
+        raise PrecedentsError(f"retrain must be a Retrainer (e.g. HeadRetrainer, LogisticRegressionRetrainer, "
+                              f"FromScratchRetrainer(train_fn, X, y)), got {type(retrain).__name__}.")
     fixed = apply_corrections(y, corrections, n_classes)
-    changed = int((fixed != _labels(y)).sum())
-    before = retrain(_labels(y)) if before is None else before
-    return FixResult(changed, accuracy(before, X_test, y_test), accuracy(retrain(fixed), X_test, y_test))
-
-
-class HeadRetrainer:
-    r"""Retrains only the final linear layer of a model on frozen features: ``retrain(labels) -> predictor``.
-
-    The head (bias included, as the last feature column) is refit to the exact optimum of
-    ``mean CE(F theta^T, y) + weight_decay/2 ||theta||^2`` (float64 Newton, warm-started from the given head,
-    :func:`~precedents.evaluate.fit_logistic_regression`'s solver), the features ``F`` computed once by the
-    model as it is. A one-output sigmoid head is fit as the equivalent two-class softmax
-    (``theta = theta_1 - theta_0`` with weight decay ``2 wd`` on the pair). Sound for what it is: the feature
-    map learned on the noisy labels is kept, so this measures what fixing labels does to the classifier on those
-    features, not what retraining the whole network would do.
-    """
-
-    def __init__(self, model: Any, X: Any, weight_decay: float, *, layer: str | None = None,
-                 batch_size: int = 256, progress: bool = False) -> None:
-        from ..adapters import head_adapter
-
-        if weight_decay < 0:
-            raise PrecedentsError(f"weight_decay must be >= 0, got {weight_decay}.")
-        self.head = head_adapter(model, layer, batch_size=batch_size, progress=progress)
-        self.features = self.head.run(self.head.batches(X, name="train"), what="training").features
-        self.weight_decay = float(weight_decay)
-        theta = self.head.theta().to(torch.float64)
-        if self.head.link not in ("softmax", "sigmoid"):
-            raise PrecedentsError(f"Refitting on fixed labels fits a logistic head; this model's link is "
-                                  f"{self.head.link!r} (a max-margin model), so the refit would not be the model's "
-                                  "own objective. Use a softmax or sigmoid model.")
-        self.sigmoid = self.head.link == "sigmoid"
-        self.theta0 = torch.cat([-theta / 2, theta / 2]) if self.sigmoid else theta
-
-    def __call__(self, labels: torch.Tensor) -> Callable[[Any], torch.Tensor]:
-        from .loo import _LogisticProblem, _minimize
-
-        labels = _labels(labels)
-        if len(labels) != len(self.features):
-            raise PrecedentsError(f"{len(labels)} labels for {len(self.features)} training examples.")
-        wd = 2 * self.weight_decay if self.sigmoid else self.weight_decay
-        problem = _LogisticProblem(self.features, labels, self.theta0.shape[0], wd)
-        theta, gnorm, _ = _minimize(problem, self.theta0.clone(), tol=1e-10, max_iter=100, factor=None)
-        if self.sigmoid:
-            theta = theta[1:] - theta[:1]
-        head = self.head
-
-        def predict(X: Any) -> torch.Tensor:
-            return head.run(head.batches(X, name="X"), what="test").features @ theta.T
-
-        predict.theta = theta                         # type: ignore[attr-defined]
-        predict.gradient_norm = gnorm                 # type: ignore[attr-defined]
-        return predict
+    given = _labels(y)
+    changed = int((fixed != given).sum())
+    before = retrain.retrain(y=given) if before is None else before
+    return FixResult(changed, accuracy(before, X_test, y_test), accuracy(retrain.retrain(y=fixed), X_test, y_test))
