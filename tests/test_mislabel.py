@@ -12,7 +12,14 @@ from sklearn.datasets import load_digits
 
 import precedents as pc
 from precedents.cli import main
-from precedents.evaluate import detection_curve, detection_summary, fit_logistic_regression, flip_labels, mislabel
+from precedents.evaluate import (
+    LogisticRegressionRetrainer,
+    detection_curve,
+    detection_summary,
+    fit_logistic_regression,
+    flip_labels,
+    mislabel,
+)
 from precedents.evaluate.metrics import spearman
 from precedents.evaluate.mislabel import (
     HeadRetrainer,
@@ -130,11 +137,9 @@ def test_oracle_fix_and_retrain_recovers_the_clean_model(noisy_digits):
     fixes = oracle_corrections(res.order("influence-exact"), noisy, ytr, n_checked=200)
     assert len(fixes) == int(flipped[torch.as_tensor(res.order("influence-exact")[:200])].sum())
 
-    def retrain(labels):
-        return fit_logistic_regression(Xtr, labels, 10, WD)
-
+    retrain = LogisticRegressionRetrainer(Xtr, noisy, 10, WD)
     out = fix_and_retrain(retrain, noisy, fixes, Xte, yte, n_classes=10, before=model)
-    clean = accuracy(retrain(ytr), Xte, yte)
+    clean = accuracy(retrain.retrain(y=ytr), Xte, yte)
     assert out.n_changed == len(fixes) and out.accuracy_before == accuracy(model, Xte, yte)
     # every flipped label is among the first 200 here, so the fixed labels are the clean ones
     assert out.n_changed == int(flipped.sum())
@@ -144,7 +149,7 @@ def test_oracle_fix_and_retrain_recovers_the_clean_model(noisy_digits):
 def test_head_retrainer_equals_logistic_regression(noisy_digits):
     """Refitting the last layer of a linear model on its (identity) features is logistic regression itself."""
     Xtr, ytr, noisy, flipped, Xte, yte, model = noisy_digits
-    predict = HeadRetrainer(model, Xtr, WD)(ytr)
+    predict = HeadRetrainer(model, Xtr, WD).retrain(y=ytr)
     reference = fit_logistic_regression(Xtr, ytr, 10, WD)
     theta = torch.cat([reference.weight, reference.bias[:, None]], 1).detach()
     torch.testing.assert_close(predict.theta, theta, atol=1e-7, rtol=1e-6)
