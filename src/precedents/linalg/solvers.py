@@ -93,6 +93,58 @@ def conjugate_gradient(apply: Operator, b: torch.Tensor, *, tol: float = 1e-10, 
     return CGResult(x, it, residual, eigs)
 
 
+class EigenInverse:
+    r"""``A^+ b`` from the eigenpairs of a symmetric positive semi-definite A (float64): the one spectral inverse
+    behind the exact solvers (:class:`HessianSolver`, ``ihvp.ExactInverse``, ``ihvp.ArnoldiInverse``).
+
+    :meth:`of` eigendecomposes ``(M + M^T) / 2 + shift I`` and keeps the eigenvalues above ``tolerance =
+    dim * eps * max |lambda|`` (float64 round-off of the decomposition); the rest (zero, or negative within or
+    beyond round-off: callers that must refuse an indefinite matrix check ``eigenvalues`` first) are dropped,
+    giving the Moore-Penrose pseudo-inverse. ``basis`` (dim, m), optional: the kept eigenvectors are mapped
+    back through it (the matrix was ``basis^T A basis``). ``solve(b) = V diag(1 / lambda) V^T b`` for a batch
+    b (k, dim).
+    """
+
+    def __init__(self, kept: torch.Tensor, vectors: torch.Tensor, eigenvalues: torch.Tensor | None = None,
+                 tolerance: float = 0.0) -> None:
+        self.kept, self.vectors = kept, vectors
+        self.eigenvalues = kept if eigenvalues is None else eigenvalues      # all of them, shift included
+        self.tolerance = tolerance
+
+    @classmethod
+    def of(cls, matrix: torch.Tensor, shift: float = 0.0, *, basis: torch.Tensor | None = None) -> EigenInverse:
+        matrix = matrix.to(torch.float64)
+        evals, evecs = torch.linalg.eigh((matrix + matrix.T) / 2)
+        evals = evals + shift
+        tolerance = len(evals) * torch.finfo(torch.float64).eps * float(evals.abs().max()) if len(evals) else 0.0
+        keep = evals > tolerance
+        vectors = evecs[:, keep] if basis is None else basis @ evecs[:, keep]
+        return cls(evals[keep], vectors, evals, tolerance)
+
+    @property
+    def null_dim(self) -> int:
+        return len(self.eigenvalues) - len(self.kept)
+
+    @property
+    def condition_number(self) -> float:
+        return float(self.kept.max() / self.kept.min()) if len(self.kept) else math.inf
+
+    def solve(self, b: torch.Tensor) -> torch.Tensor:
+        return ((b.to(torch.float64) @ self.vectors) / self.kept) @ self.vectors.T
+
+
+def checked_conjugate_gradient(apply: Operator, b: torch.Tensor, *, tol: float, max_iter: int | None,
+                               warn_above: float, advice: str) -> CGResult:
+    """:func:`conjugate_gradient`, warning (``RuntimeWarning``, with ``advice``) when the worst relative residual
+    ends above ``warn_above``: the one CG of the solvers that says when it did not converge."""
+    result = conjugate_gradient(apply, b, tol=tol, max_iter=max_iter)
+    worst = float(result.relative_residual.max()) if len(b) else 0.0
+    if worst > warn_above:
+        warnings.warn(f"Conjugate gradients did not converge: relative residual {worst:.2e} after "
+                      f"{result.iterations} iterations. {advice}", RuntimeWarning, stacklevel=3)
+    return result
+
+
 class HessianSolver:
     r"""Applies ``(H + diag(regularizer) + damping I)^+`` for the Hessian H of a linear head's mean loss.
 
@@ -197,7 +249,6 @@ class HessianSolver:
 
     def _factorize(self) -> None:
         hess = head_hessian(self.features, self.probs, self.link)
-        hess = (hess + hess.T) / 2
         if self.regularizer is not None:
             hess = hess + torch.diag(self.regularizer)
         if self.regularizer is None:
@@ -207,17 +258,12 @@ class HessianSolver:
             basis = None if null is None else torch.linalg.qr(null, mode="complete").Q[:, null.shape[1]:]
         if basis is not None:
             hess = basis.T @ hess @ basis
-        evals, evecs = torch.linalg.eigh((hess + hess.T) / 2)
-        evals = evals + self.damping
-        top = float(evals.max().clamp_min(0))
-        keep = evals > len(evals) * torch.finfo(torch.float64).eps * top
-        if not keep.any():
+        self._spectral = EigenInverse.of(hess, self.damping, basis=basis)
+        if not len(self._spectral.kept):
             raise ValueError("The head's Hessian is zero: every training example is fit with certainty.")
-        self.eigenvalues = evals
-        self.null_dim = self.dim - int(keep.sum())
-        self._evecs = evecs[:, keep] if basis is None else basis @ evecs[:, keep]
-        self._inv = 1.0 / evals[keep]
-        self.condition_number = float(evals[keep].max() / evals[keep].min())
+        self.eigenvalues = self._spectral.eigenvalues
+        self.null_dim = self.dim - len(self._spectral.kept)
+        self.condition_number = self._spectral.condition_number
 
     # -- cg ------------------------------------------------------------------------------------------
     def _prepare_cg(self) -> None:
@@ -266,19 +312,14 @@ class HessianSolver:
         shape = b.shape
         flat = b.reshape(shape[0], -1).to(torch.float64)
         if self.method == "exact":
-            x = ((flat @ self._evecs) * self._inv) @ self._evecs.T
+            x = self._spectral.solve(flat)
             self.last_residual = 0.0
         else:
-            res = conjugate_gradient(self._apply, self._project(flat), tol=self.cg_tol,
-                                     max_iter=self.cg_max_iter)
+            res = checked_conjugate_gradient(self._apply, self._project(flat), tol=self.cg_tol,
+                                             max_iter=self.cg_max_iter, warn_above=max(1e3 * self.cg_tol, 1e-6),
+                                             advice="Raise cg_max_iter or add damping.")
             x = res.solution
-            worst = float(res.relative_residual.max()) if len(flat) else 0.0
-            self.last_residual = worst
-            if worst > max(1e3 * self.cg_tol, 1e-6):
-                warnings.warn(
-                    f"Conjugate gradients did not converge: relative residual {worst:.2e} after "
-                    f"{res.iterations} iterations. Raise cg_max_iter or add damping.", RuntimeWarning,
-                    stacklevel=2)
+            self.last_residual = float(res.relative_residual.max()) if len(flat) else 0.0
         return x.reshape(shape)
 
 
