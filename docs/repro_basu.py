@@ -32,7 +32,7 @@ from torch import nn
 
 import precedents as pc
 from precedents.datasets import load_mnist
-from precedents.evaluate.loo import leave_one_out, warm_start_retrainer
+from precedents.evaluate import leave_one_out, warm_start_retrainer
 
 CONFIGS = {
     # name: (depth, width, weight decay)

@@ -41,7 +41,7 @@ from torch import nn
 
 import precedents as pc
 from precedents.datasets import binary_subset, load_mnist
-from precedents.evaluate.loo import LogisticRegressionRetrainer, leave_one_out
+from precedents.evaluate import LogisticRegressionRetrainer, leave_one_out
 
 WD = 0.01
 N_TEST, N_TOP, N_RANDOM, SEED = 5, 50, 50, 0

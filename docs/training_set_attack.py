@@ -28,7 +28,7 @@ import torch
 
 from precedents import InfluenceFunction
 from precedents.datasets import binary_subset, load_mnist
-from precedents.evaluate.loo import LogisticRegressionRetrainer, fit_logistic_regression
+from precedents.evaluate import LogisticRegressionRetrainer, fit_logistic_regression
 from precedents.methods.perturbation import training_set_attack
 from precedents.report.html import Case, Example, MethodPanel, Report, Table, write_html
 

@@ -39,28 +39,10 @@ from ..data import model_fingerprint
 from ..linalg.functional import ForwardFn, LossFn
 from .metrics import pearson, spearman
 from .results import ResultsLog, as_test, callable_name, data_fingerprint, n_train_of, score_matrix, test_outputs
-from .retrain import (
-    LogisticRegressionRetrainer,
-    Retrainer,
-    WarmStartRetrainer,
-    as_retrainer,
-    fit_logistic_regression,
-    warm_start_retrainer,
-)
+from .retrain import Retrainer, as_retrainer
 
-__all__ = [
-    "Correlation",
-    "LDSResult",
-    "LeaveOneOutResult",
-    "LogisticRegressionRetrainer",
-    "Retrainer",
-    "WarmStartRetrainer",
-    "fit_logistic_regression",
-    "leave_one_out",
-    "linear_datamodeling",
-    "linear_datamodeling_score",
-    "warm_start_retrainer",
-]
+__all__ = ["Correlation", "LDSResult", "LeaveOneOutResult", "leave_one_out", "linear_datamodeling",
+           "linear_datamodeling_score"]
 
 # The names linear_datamodeling below uses, until it moves to its own module (it should use the public ones).
 _n_train, _as_test, _score_matrix, _ResultsLog, _test_outputs = n_train_of, as_test, score_matrix, ResultsLog, \
@@ -152,7 +134,7 @@ def leave_one_out(retrain: Retrainer | Callable[[torch.Tensor], nn.Module], X_te
         indices: training examples to leave out (distinct).
         n_train: n; default ``retrain.n_train``.
         base_model: the reference model. Default: ``retrain(all-True mask)``, the same procedure with nothing
-            removed (the exact optimum for :class:`LogisticRegressionRetrainer`; for warm-started networks it
+            removed (the exact optimum for a ``LogisticRegressionRetrainer``; for warm-started networks it
             cancels the drift of the continued training).
         results_path: JSON-lines file; each finished retrain (and the reference) is appended and flushed at
             once, and a rerun with the same path skips what is there. The file's header records everything that

@@ -89,6 +89,16 @@ class Retrainer(ABC):
     def __call__(self, keep_mask: torch.Tensor | None = None) -> Any:
         return self.retrain(keep_mask)
 
+    def _hold(self, X: Any, y: Any) -> None:
+        """Keep the training set ``(X, y)`` as tensors (``self.X``, ``self.y``, ``self.n_train``)."""
+        self.X = torch.as_tensor(X)
+        self.y = torch.as_tensor(y).reshape(-1)
+        if len(self.X) != len(self.y):
+            raise PrecedentsError(f"X and y have different lengths: {len(self.X)} and {len(self.y)}.")
+        if len(self.X) == 0:
+            raise PrecedentsError("The training set is empty.")
+        self.n_train = len(self.X)
+
     def _replaced(self, X: Any, y: Any) -> tuple[Any, Any]:
         """The training inputs and labels of one retrain: the given ones where replaced (length checked)."""
         X_new = getattr(self, "X", None) if X is None else torch.as_tensor(X)
@@ -380,11 +390,7 @@ class WarmStartRetrainer(Retrainer):
         if batch_size is not None and batch_size < 1:
             raise PrecedentsError(f"batch_size must be >= 1 or None (full batch), got {batch_size}.")
         self.model = model
-        self.X = torch.as_tensor(X)
-        self.y = torch.as_tensor(y).reshape(-1)
-        if len(self.X) != len(self.y):
-            raise PrecedentsError(f"X and y have different lengths: {len(self.X)} and {len(self.y)}.")
-        self.n_train = len(self.X)
+        self._hold(X, y)
         self.steps, self.lr, self.weight_decay = int(steps), float(lr), float(weight_decay)
         self.batch_size, self.seed = batch_size, int(seed)
         self.loss_fn, self.forward_fn = loss_fn, forward_fn
@@ -552,13 +558,8 @@ class FromScratchRetrainer(Retrainer):
         if not callable(train_fn):
             raise PrecedentsError(f"train_fn must be callable (X, y, seed) -> model, got {type(train_fn).__name__}.")
         self.train_fn = train_fn
-        self.X = torch.as_tensor(X)
-        self.y = torch.as_tensor(y).reshape(-1)
-        if len(self.X) != len(self.y):
-            raise PrecedentsError(f"X and y have different lengths: {len(self.X)} and {len(self.y)}.")
-        if len(self.X) == 0:
-            raise PrecedentsError("The training set is empty.")
-        self.n_train, self.seed = len(self.X), int(seed)
+        self._hold(X, y)
+        self.seed = int(seed)
         self.name = name or callable_name(train_fn)
         self.params = dict(params or {})
 
