@@ -346,3 +346,42 @@ def test_warm_start_retrainer_is_deterministic_and_removes_only_the_masked(digit
     assert float((c[0].weight - a[0].weight).detach().abs().max()) < 1e-2         # one example of 1000: a small change
     zero = warm_start_retrainer(model, Xtr, ytr, steps=0, lr=0.1, weight_decay=WD)(keep)
     assert torch.equal(zero[0].weight, model[0].weight)
+
+
+def test_lbfgs_warm_start_reaches_the_optimum_of_the_kept_examples(digits64):
+    """optimizer='lbfgs' retrains to the optimum: on logistic regression it matches the exact Newton optimum."""
+    Xtr, ytr, _, _ = digits64
+    X, y = Xtr[:300], ytr[:300]
+    start = nn.Linear(64, 10).double()
+    keep = torch.ones(300, dtype=torch.bool)
+    keep[:5] = False
+    retrain = warm_start_retrainer(start, X, y, steps=500, lr=1.0, weight_decay=WD, optimizer="lbfgs")
+    model = retrain(keep)
+    exact = fit_logistic_regression(X[keep], y[keep], 10, WD)
+    # ||theta - theta*|| <= ||grad|| / mu with mu >= WD the strong convexity of J: an independent bound
+    bound = model.fit_info_["gradient_norm"] / WD
+    assert bound < 1e-4
+    with torch.no_grad():
+        distance = float(torch.cat([(model.weight - exact.weight).reshape(-1), model.bias - exact.bias]).norm())
+    assert distance <= bound
+    assert retrain.settings()["optimizer"] == "lbfgs"
+    with pytest.raises(pc.PrecedentsError, match="full batch"):
+        warm_start_retrainer(start, X, y, steps=5, lr=1.0, weight_decay=WD, optimizer="lbfgs", batch_size=10)
+
+
+def test_from_scratch_retrainer_caches_and_takes_data_frames():
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": np.arange(6.0), "b": np.arange(6.0) ** 2})
+    calls = []
+
+    def train_fn(X, y, seed):
+        calls.append((list(X.index), y.tolist(), seed))
+        return len(calls)
+
+    retrain = FromScratchRetrainer(train_fn, frame, np.array([0, 1, 0, 1, 0, 1]), seed=3, cache=True)
+    keep = torch.tensor([True, False, True, True, True, True])
+    assert retrain(keep) == 1 and retrain(keep) == 1 and retrain(None) == 2
+    assert calls[0] == ([0, 2, 3, 4, 5], [0, 0, 1, 0, 1], 3)
+    other = FromScratchRetrainer(train_fn, frame.assign(b=0.0), [0, 1, 0, 1, 0, 1], seed=3)
+    assert retrain.settings()["data"] != other.settings()["data"]

@@ -31,6 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -384,11 +385,16 @@ class WarmStartRetrainer(Retrainer):
 
     def __init__(self, model: nn.Module, X: Any, y: Any, *, steps: int, lr: float, weight_decay: float,
                  batch_size: int | None = None, seed: int = 0, loss_fn: LossFn | None = None,
-                 forward_fn: ForwardFn | None = None) -> None:
+                 forward_fn: ForwardFn | None = None, optimizer: str = "sgd") -> None:
         if not (steps >= 0 and lr > 0 and weight_decay >= 0):
             raise PrecedentsError(f"Need steps >= 0, lr > 0, weight_decay >= 0; got {steps}, {lr}, {weight_decay}.")
         if batch_size is not None and batch_size < 1:
             raise PrecedentsError(f"batch_size must be >= 1 or None (full batch), got {batch_size}.")
+        if optimizer not in ("sgd", "lbfgs"):
+            raise PrecedentsError(f"optimizer must be 'sgd' or 'lbfgs', got {optimizer!r}.")
+        if optimizer == "lbfgs" and batch_size is not None:
+            raise PrecedentsError("optimizer='lbfgs' runs full batch: leave batch_size=None.")
+        self.optimizer = optimizer
         self.model = model
         self._hold(X, y)
         self.steps, self.lr, self.weight_decay = int(steps), float(lr), float(weight_decay)
@@ -397,8 +403,10 @@ class WarmStartRetrainer(Retrainer):
         self._model_fingerprint = model_fingerprint(model)
 
     def settings(self) -> dict[str, Any]:
-        return {"retrainer": "warm-start-sgd", "model": self._model_fingerprint, "steps": self.steps, "lr": self.lr,
+        return {"retrainer": f"warm-start-{self.optimizer}", "model": self._model_fingerprint, "steps": self.steps,
+                "lr": self.lr,
                 "weight_decay": self.weight_decay, "batch_size": self.batch_size, "seed": self.seed,
+                "optimizer": self.optimizer,
                 "loss": callable_name(self.loss_fn) or "default", "forward": callable_name(self.forward_fn),
                 "data": data_fingerprint(self.X, self.y)}
 
@@ -423,31 +431,49 @@ class WarmStartRetrainer(Retrainer):
         if not params:
             raise PrecedentsError("The model has no trainable parameters (requires_grad=True) to retrain.")
         dtype, device = params[0].dtype, params[0].device
-        opt = torch.optim.SGD(params, lr=self.lr)
         loss_fn = self.loss_fn or default_loss
-        batches = self._batches()
+
+        def objective(sel: torch.Tensor, denom: float) -> torch.Tensor:
+            loss = torch.zeros((), dtype=dtype, device=device)
+            if len(sel):
+                x = X_all[sel].to(device)
+                x = x.to(dtype) if x.is_floating_point() else x
+                loss = loss_fn(call_model(model, x, self.forward_fn), y_all[sel].to(device)).sum() / denom
+            if self.weight_decay:
+                loss = loss + 0.5 * self.weight_decay * sum((p * p).sum() for p in params)
+            return loss
+
         with torch.enable_grad():
+            if self.optimizer == "lbfgs":
+                kept = keep.nonzero()[:, 0]
+                opt = torch.optim.LBFGS(params, lr=self.lr, max_iter=self.steps, tolerance_grad=1e-10,
+                                        tolerance_change=0, history_size=50, line_search_fn="strong_wolfe")
+
+                def closure() -> torch.Tensor:
+                    opt.zero_grad(set_to_none=True)
+                    loss = objective(kept, float(n_keep))
+                    loss.backward()
+                    return loss
+
+                if self.steps:
+                    opt.step(closure)
+                grads = torch.autograd.grad(objective(kept, float(n_keep)), params)
+                model.fit_info_ = {"gradient_norm": float(torch.cat([g.reshape(-1) for g in grads]).norm())}
+                return model.eval()
+            opt = torch.optim.SGD(params, lr=self.lr)
+            batches = self._batches()
             for _ in range(self.steps):
                 batch = next(batches)
-                sel = batch[keep[batch]]
                 # unbiased for the mean over the kept examples: every kept example weighs the same
-                denom = len(batch) * n_keep / self.n_train
                 opt.zero_grad(set_to_none=True)
-                loss = torch.zeros((), dtype=dtype, device=device)
-                if len(sel):
-                    x = X_all[sel].to(device)
-                    x = x.to(dtype) if x.is_floating_point() else x
-                    loss = loss_fn(call_model(model, x, self.forward_fn), y_all[sel].to(device)).sum() / denom
-                if self.weight_decay:
-                    loss = loss + 0.5 * self.weight_decay * sum((p * p).sum() for p in params)
-                loss.backward()
+                objective(batch[keep[batch]], len(batch) * n_keep / self.n_train).backward()
                 opt.step()
         return model.eval()
 
 
 def warm_start_retrainer(model: nn.Module, X: Any, y: Any, *, steps: int, lr: float, weight_decay: float,
                          batch_size: int | None = None, seed: int = 0, loss_fn: LossFn | None = None,
-                         forward_fn: ForwardFn | None = None) -> WarmStartRetrainer:
+                         forward_fn: ForwardFn | None = None, optimizer: str = "sgd") -> WarmStartRetrainer:
     r"""A retrainer for any network: copy the (trained) model and continue training without the removed points.
 
     ``retrain(keep_mask)`` runs ``steps`` steps of plain SGD (learning rate ``lr``) from a copy of ``model`` on
@@ -463,9 +489,14 @@ def warm_start_retrainer(model: nn.Module, X: Any, y: Any, *, steps: int, lr: fl
     functions differentiate. As Koh & Liang and Basu et al. do, compare with ``retrain(all-True mask)`` (what
     :func:`~precedents.evaluate.leave_one_out` does by default), which removes the drift of continued training
     from the truth.
+
+    ``optimizer="lbfgs"``: full-batch L-BFGS (strong Wolfe line search, step ``lr``, at most ``steps``
+    iterations) on the same J instead: a retrain to the optimum of the kept examples' objective, for a model
+    already near the optimum of the full one (the returned model's ``fit_info_["gradient_norm"]`` is ``||grad
+    J||`` at the end). Also a way to take a trained network to that optimum: ``retrain(None)``.
     """
     return WarmStartRetrainer(model, X, y, steps=steps, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                              seed=seed, loss_fn=loss_fn, forward_fn=forward_fn)
+                              seed=seed, loss_fn=loss_fn, forward_fn=forward_fn, optimizer=optimizer)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -549,27 +580,66 @@ class FromScratchRetrainer(Retrainer):
 
     ``retrain(keep_mask)`` calls ``train_fn(X[keep], y[keep], seed)``: the same procedure and seed as the
     original training, so two retrains differ by the data (and by whatever nondeterminism ``train_fn`` has).
+    ``X`` may be a tensor, a numpy array or a pandas DataFrame (rows selected with ``.iloc``); ``y`` (n,) labels.
     ``name`` (default: the function's qualified name) and ``params`` (its hyperparameters, JSON-able) are what a
-    results file records of it: give them so that a results file tells two configurations apart.
+    results file records of it: give them so that a results file tells two configurations apart. ``cache``:
+    keep every model trained (by mask) and return it again for the same mask (a deterministic ``train_fn``
+    asked twice, e.g. two experiments sharing the reference).
     """
 
-    def __init__(self, train_fn: Callable[[torch.Tensor, torch.Tensor, int], Any], X: Any, y: Any, *,
-                 seed: int = 0, name: str | None = None, params: dict[str, Any] | None = None) -> None:
+    def __init__(self, train_fn: Callable[[Any, torch.Tensor, int], Any], X: Any, y: Any, *,
+                 seed: int = 0, name: str | None = None, params: dict[str, Any] | None = None,
+                 cache: bool = False) -> None:
         if not callable(train_fn):
             raise PrecedentsError(f"train_fn must be callable (X, y, seed) -> model, got {type(train_fn).__name__}.")
         self.train_fn = train_fn
-        self._hold(X, y)
-        self.seed = int(seed)
+        self.X = X if hasattr(X, "iloc") or isinstance(X, np.ndarray) else torch.as_tensor(X)
+        self.y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).reshape(-1)
+        if len(self.X) != len(self.y):
+            raise PrecedentsError(f"X and y have different lengths: {len(self.X)} and {len(self.y)}.")
+        if len(self.y) == 0:
+            raise PrecedentsError("The training set is empty.")
+        self.n_train, self.seed = len(self.y), int(seed)
         self.name = name or callable_name(train_fn)
         self.params = dict(params or {})
+        self.cache: dict[bytes, Any] | None = {} if cache else None
 
     def settings(self) -> dict[str, Any]:
         return {"retrainer": "from-scratch", "train_fn": self.name, "params": self.params, "seed": self.seed,
-                "data": data_fingerprint(self.X, self.y)}
+                "data": data_fingerprint(_as_hashable(self.X), self.y)}
 
     def retrain(self, keep_mask: torch.Tensor | None = None, *, X: Any = None, y: Any = None) -> Any:
         keep = check_keep_mask(keep_mask, self.n_train)
-        X_all, y_all = self._replaced(X, y)
+        X_all = self.X if X is None else X
+        y_all = self.y if y is None else torch.as_tensor(y).reshape(-1)
+        if len(X_all) != self.n_train or len(y_all) != self.n_train:
+            raise PrecedentsError(f"The replacement X / y have {len(X_all)} / {len(y_all)} examples; this retrainer's "
+                                  f"training set has {self.n_train}.")
+        key = keep.numpy().tobytes() if self.cache is not None and X is None and y is None else None
+        if key is not None and key in self.cache:
+            return self.cache[key]
         if bool(keep.all()):
-            return self.train_fn(X_all, y_all, self.seed)
-        return self.train_fn(X_all[keep], y_all[keep], self.seed)
+            model = self.train_fn(X_all, y_all, self.seed)
+        else:
+            model = self.train_fn(_rows(X_all, keep), y_all[keep], self.seed)
+        if key is not None:
+            self.cache[key] = model
+        return model
+
+
+def _rows(X: Any, keep: torch.Tensor) -> Any:
+    """The kept rows of a tensor, array or DataFrame."""
+    if hasattr(X, "iloc"):
+        return X.iloc[keep.numpy()]
+    if isinstance(X, np.ndarray):
+        return X[keep.numpy()]
+    return X[keep.to(X.device)]
+
+
+def _as_hashable(X: Any) -> Any:
+    """A tensor standing for X in a fingerprint (a DataFrame by pandas' row hashes)."""
+    if hasattr(X, "iloc"):
+        import pandas as pd
+
+        return torch.from_numpy(pd.util.hash_pandas_object(X, index=True).to_numpy().view(np.int64).copy())
+    return X
