@@ -158,7 +158,7 @@ class LossGradients:
             start += size
         return out
 
-    def losses(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def losses_at(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example losses (b,) of one prepared batch (see :meth:`prepare`) at the parameters ``params``
         (a dict of the differentiated parameters, e.g. :attr:`params`); differentiable in ``params`` and ``x``."""
         full = {f"model.{n}": p for n, p in params.items()}
@@ -176,9 +176,10 @@ class LossGradients:
         x = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
         return x, torch.as_tensor(y).to(self.device)
 
-    # former names, kept until their last callers (methods/influence.py, methods/tracin.py) move to the public ones
-    _losses = losses
-    _prepare = prepare
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example losses (b,) of one batch at the current parameters, without gradients."""
+        with torch.no_grad():
+            return self.losses_at(self.params, *self.prepare(x, y))
 
     # -- gradients -------------------------------------------------------------------------------------
     def example_gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -186,7 +187,7 @@ class LossGradients:
         x, y = self.prepare(x, y)
 
         def one(params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-            return self.losses(params, xi[None], yi[None])[0]
+            return self.losses_at(params, xi[None], yi[None])[0]
 
         try:
             grads = vmap(grad(one), in_dims=(None, 0, 0))(self.params, x, y)
@@ -213,7 +214,7 @@ class LossGradients:
         total = torch.zeros(self.n_params, dtype=torch.float64, device=self.device)
         for x, y in batches:
             x, y = self.prepare(x, y)
-            g = grad(lambda p, x=x, y=y: self.losses(p, x, y).sum())(self.params)
+            g = grad(lambda p, x=x, y=y: self.losses_at(p, x, y).sum())(self.params)
             total += self.flatten(g[k] for k in self.names).to(torch.float64)
         theta = self.flatten(self.params.values()).to(torch.float64)
         return (total / n + self.decay * theta).cpu()
@@ -228,7 +229,7 @@ class LossGradients:
             x, y = self.prepare(x, y)
 
             def batch_grad(p: dict[str, torch.Tensor], x: torch.Tensor = x, y: torch.Tensor = y) -> dict:
-                return grad(lambda q: self.losses(q, x, y).sum())(p)
+                return grad(lambda q: self.losses_at(q, x, y).sum())(p)
 
             def one_hvp(t: dict[str, torch.Tensor]) -> torch.Tensor:
                 h = jvp(batch_grad, (self.params,), (t,))[1]

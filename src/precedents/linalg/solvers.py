@@ -163,6 +163,7 @@ class HessianSolver:
     so CG converges to the same minimum-norm solution. ``"auto"`` is exact while ``C d <= MAX_EXACT_DIM``.
 
     Attributes: ``condition_number`` (largest / smallest eigenvalue used; for CG the Ritz estimate),
+    ``largest_eigenvalue`` (of the damped operator; for CG the Ritz estimate),
     ``null_dim`` (directions dropped, exact only), ``eigenvalues`` (exact only), ``last_residual``.
     """
 
@@ -264,6 +265,7 @@ class HessianSolver:
         self.eigenvalues = self._spectral.eigenvalues
         self.null_dim = self.dim - len(self._spectral.kept)
         self.condition_number = self._spectral.condition_number
+        self.largest_eigenvalue = float(self._spectral.kept.max())
 
     # -- cg ------------------------------------------------------------------------------------------
     def _prepare_cg(self) -> None:
@@ -284,8 +286,10 @@ class HessianSolver:
         if spectrum is not None and len(spectrum):
             positive = spectrum[spectrum > 0]
             self.condition_number = float(positive.max() / positive.min()) if len(positive) else math.inf
+            self.largest_eigenvalue = float(positive.max()) if len(positive) else math.nan
         else:
             self.condition_number = math.nan
+            self.largest_eigenvalue = math.nan
 
     def _apply(self, v: torch.Tensor) -> torch.Tensor:
         v3 = v.reshape(len(v), self.n_outputs, self.d)

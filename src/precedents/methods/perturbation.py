@@ -39,6 +39,7 @@ from torch.func import grad, vmap
 from .._validation import PrecedentsError
 from ..linalg.functional import LossGradients, default_loss, model_logits, select_parameters
 from ..linalg.head import class_probabilities
+from .base import NotFittedError
 from .influence import HeadCurvature, InfluenceFunction
 
 __all__ = ["AttackResult", "perturbation_influence", "training_set_attack"]
@@ -77,8 +78,8 @@ def _gradients_and_layout(influence: InfluenceFunction) -> tuple[LossGradients, 
 
 
 def _require_fitted(influence: InfluenceFunction) -> None:
-    if getattr(influence, "solver_", None) is None or getattr(influence, "n_train_", None) is None:
-        raise PrecedentsError(f"This {type(influence).__name__} is not fitted yet: call fit(X_train, y_train) first.")
+    if not influence.is_fitted:
+        raise NotFittedError(f"This {type(influence).__name__} is not fitted yet: call fit(X_train, y_train) first.")
 
 
 def _as_batch(x: Any, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,7 +131,7 @@ def perturbation_influence(influence: InfluenceFunction, x_train: Any, y_train: 
     vs = layout(solved)                                                 # {name: (k, *shape)}
 
     def directional(x: torch.Tensor, y: torch.Tensor, v: dict[str, torch.Tensor]) -> torch.Tensor:
-        g = grad(lambda p: gl.losses(p, x[None], y[None])[0])(gl.params)
+        g = grad(lambda p: gl.losses_at(p, x[None], y[None])[0])(gl.params)
         return sum((g[name] * v[name]).sum() for name in gl.names)
 
     per_example = vmap(grad(directional), in_dims=(0, 0, None))       # over training examples
