@@ -243,3 +243,18 @@ def test_cli_debug_bad_methods_and_missing_test(cli_files, capsys):
     del args[args.index("--test"):args.index("--test") + 2]
     assert main(args) == 2
     assert "--test" in capsys.readouterr().err
+
+
+def test_self_scores_come_from_the_registry(noisy_digits):
+    """Every registered method is a self-score through explainer(key, model).fit().self_influence(); baselines too."""
+    from precedents.evaluate.mislabel import SelfScoreOptions, method_params, self_score_methods
+
+    Xtr, ytr, noisy, flipped, _, _, model = noisy_digits
+    assert set(pc.available_methods()) <= set(self_score_methods()) and {"loss", "random"} <= set(self_score_methods())
+    res = mislabel(model, Xtr[:300], noisy[:300], ["grad-dot", "influence-exact"], weight_decay=WD,
+                   method_params={"grad-dot": {"params": "head"}})
+    direct = pc.explainer("grad-dot", model, params="head", progress=False).fit(Xtr[:300], noisy[:300])
+    np.testing.assert_array_equal(res.scores["grad-dot"], direct.self_influence().numpy())
+    assert method_params("influence-exact", model, SelfScoreOptions(weight_decay=WD))["weight_decay"] == WD
+    with pytest.raises(pc.PrecedentsError, match="Unknown self-score method"):
+        mislabel(model, Xtr[:50], noisy[:50], ["influence-newton"])
