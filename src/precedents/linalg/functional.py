@@ -24,8 +24,14 @@ from tqdm.auto import tqdm
 
 from .._validation import PrecedentsError, check_param_names, check_scalar
 from ..adapters.torch import check_gradient_model, check_parameters_finite, eval_mode
+from .head import squared_hinge_loss
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``forward_fn(model, x) -> logits``, for models whose forward is not ``model(x)``.
+ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+__all__ = ["ForwardFn", "LossFn", "LossGradients", "call_model", "default_loss", "loss_for_link", "model_logits",
+           "select_parameters", "squared_hinge_loss"]
 
 
 def default_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -36,30 +42,52 @@ def default_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits, targets.long(), reduction="none")
 
 
-def squared_hinge_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-example squared hinge ``max(0, 1 - s z)^2``, ``s = 2 y - 1``, of a one-output head (a linear SVM such as
-    scikit-learn's LinearSVC). ``relu`` makes autograd's second derivative ``2 * 1[s z < 1]`` (0 at the margin),
-    the same as :func:`precedents.linalg.head.loss_derivatives`."""
-    s = 2 * targets.to(logits.dtype) - 1
-    return torch.relu(1 - s * logits[..., 0]) ** 2
-
-
 def loss_for_link(link: str) -> LossFn:
     """The per-example training loss of a head with this link: :func:`squared_hinge_loss` for ``"squared_hinge"``,
     else :func:`default_loss` (cross-entropy)."""
     return squared_hinge_loss if link == "squared_hinge" else default_loss
 
 
+def call_model(model: nn.Module, x: torch.Tensor, forward_fn: ForwardFn | None = None) -> torch.Tensor:
+    """The logits of ``model`` on a batch: ``forward_fn(model, x)``, or ``model(x)`` without one. The one forward
+    wrapper of the package."""
+    return model(x) if forward_fn is None else forward_fn(model, x)
+
+
+def model_logits(model: nn.Module, X: torch.Tensor, forward_fn: ForwardFn | None = None, *,
+                 batch_size: int = 1024) -> torch.Tensor:
+    """Logits of ``model`` on ``X`` (n, C), in eval mode without gradients, in batches; floating-point inputs are
+    cast to the model's dtype and moved to its device; the result is on the model's device in its dtype. The
+    model's train/eval mode is restored."""
+    param = next(iter(model.parameters()), None)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for s in range(0, len(X), batch_size):
+                x = X[s:s + batch_size]
+                if param is not None:
+                    x = x.to(param.device)
+                    x = x.to(param.dtype) if x.is_floating_point() else x
+                out.append(call_model(model, x, forward_fn))
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.zeros(0, 0)
+    return torch.cat(out)
+
+
 class _Forward(nn.Module):
     """Wraps ``forward_fn(model, x)`` as a module so ``functional_call`` can swap parameters."""
 
-    def __init__(self, model: nn.Module, forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, model: nn.Module, forward_fn: ForwardFn | None) -> None:
         super().__init__()
         self.model = model
         self.forward_fn = forward_fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_fn(self.model, x)
+        return call_model(self.model, x, self.forward_fn)
 
 
 def select_parameters(model: nn.Module, params: str | Sequence[str], head_layer: str | None) -> list[str]:
@@ -102,7 +130,7 @@ class LossGradients:
                  batch_size: int = 256, progress: bool = True, head_layer: str | None = None) -> None:
         names = check_param_names(model, names, keywords=())
         check_parameters_finite(model)
-        self.module = _Forward(model, forward_fn or (lambda m, x: m(x)))
+        self.module = _Forward(model, forward_fn)
         self.forward_fn = forward_fn
         self.head_layer = head_layer
         self._probed = False
@@ -148,7 +176,9 @@ class LossGradients:
             start += size
         return out
 
-    def _losses(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def losses_at(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example losses (b,) of one prepared batch (see :meth:`prepare`) at the parameters ``params``
+        (a dict of the differentiated parameters, e.g. :attr:`params`); differentiable in ``params`` and ``x``."""
         full = {f"model.{n}": p for n, p in params.items()}
         full.update(self.frozen)
         with eval_mode(self.module):
@@ -159,7 +189,8 @@ class LossGradients:
                                   f"shape {tuple(losses.shape)}. Use reduction='none'.")
         return losses
 
-    def _prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch on the model's device, floating-point inputs in the model's dtype (checked on first use)."""
         x, y = torch.as_tensor(x), torch.as_tensor(y)
         if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
             hint = " If X is one example, add the batch axis: X[None]." if x.ndim == 1 and y.numel() == 1 else ""
@@ -175,15 +206,15 @@ class LossGradients:
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example losses (b,) of one batch at the current parameters, without gradients."""
         with torch.no_grad():
-            return self._losses(self.params, *self._prepare(x, y))
+            return self.losses_at(self.params, *self.prepare(x, y))
 
     # -- gradients -------------------------------------------------------------------------------------
     def example_gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``grad l(x_i, y_i)`` for each example of one batch, shape (b, p), float64."""
-        x, y = self._prepare(x, y)
+        x, y = self.prepare(x, y)
 
         def one(params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-            return self._losses(params, xi[None], yi[None])[0]
+            return self.losses_at(params, xi[None], yi[None])[0]
 
         try:
             grads = vmap(grad(one), in_dims=(None, 0, 0))(self.params, x, y)
@@ -209,8 +240,8 @@ class LossGradients:
         """Gradient of J: the mean training-loss gradient plus ``weight_decay * theta``."""
         total = torch.zeros(self.n_params, dtype=torch.float64, device=self.device)
         for x, y in batches:
-            x, y = self._prepare(x, y)
-            g = grad(lambda p, x=x, y=y: self._losses(p, x, y).sum())(self.params)
+            x, y = self.prepare(x, y)
+            g = grad(lambda p, x=x, y=y: self.losses_at(p, x, y).sum())(self.params)
             total += self.flatten(g[k] for k in self.names).to(torch.float64)
         theta = self.flatten(self.params.values()).to(torch.float64)
         return (total / n + self.decay * theta).cpu()
@@ -222,10 +253,10 @@ class LossGradients:
         tangents = self.unflatten(vectors.to(self.device))
         out = torch.zeros(vectors.shape, dtype=torch.float64, device=self.device)
         for x, y in batches:
-            x, y = self._prepare(x, y)
+            x, y = self.prepare(x, y)
 
             def batch_grad(p: dict[str, torch.Tensor], x: torch.Tensor = x, y: torch.Tensor = y) -> dict:
-                return grad(lambda q: self._losses(q, x, y).sum())(p)
+                return grad(lambda q: self.losses_at(q, x, y).sum())(p)
 
             def one_hvp(t: dict[str, torch.Tensor]) -> torch.Tensor:
                 h = jvp(batch_grad, (self.params,), (t,))[1]
