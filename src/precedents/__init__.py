@@ -5,9 +5,10 @@ the test point (a proponent; RPS "excitatory"); for loss-based methods the score
 of the test loss if that training example were removed.
 """
 
-from . import evaluate
+from . import evaluate, glassbox
 from ._validation import PrecedentsError
 from .attribution import Attribution, TopK
+from .counterfactual import counterfactuals
 from .features import feature_attributions, tcav
 from .methods import GradientSimilarity, InfluenceFunction, RepresenterL2, RepresenterLJE, TracIn
 from .sensitivity import sensitivity_maps
@@ -21,8 +22,10 @@ __all__ = [
     "RepresenterLJE",
     "TopK",
     "TracIn",
+    "counterfactuals",
     "evaluate",
     "feature_attributions",
+    "glassbox",
     "sensitivity_maps",
     "tcav",
 ]

@@ -1,5 +1,6 @@
 """Evaluation beside the methods: it calls them only through their public API, as a user would."""
 
+from .flipset import FlipSetResult, FlipSets, UnlearningResult, exhaustive_flip_sets, flip_set, flip_sets, unlearn
 from .loo import (
     LeaveOneOutResult,
     LogisticRegressionRetrainer,
@@ -16,6 +17,13 @@ from .sanity import SanityResult, label_randomized_model, randomize_labels, rein
 from .stability import StabilityResult, stability
 
 __all__ = [
+    "FlipSetResult",
+    "FlipSets",
+    "UnlearningResult",
+    "exhaustive_flip_sets",
+    "flip_set",
+    "flip_sets",
+    "unlearn",
     "LeaveOneOutResult",
     "LogisticRegressionRetrainer",
     "MislabelResult",
