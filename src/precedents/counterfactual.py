@@ -305,7 +305,7 @@ def counterfactuals(model: Any, X_train: Any, x: Any, *, n: int = 3, target: int
                     immutable: list[str] | tuple[str, ...] = (), feature_names: list[str] | None = None,
                     one_hot: dict[str, list[Any]] | None = None, categorical: list[str] | tuple[str, ...] = (),
                     integer: list[str] | None = None, max_changes: int = 3, n_values: int = 20,
-                    beam_width: int = 20, diversity: float = 0.5) -> CounterfactualResult:
+                    beam_width: int = 20, diversity: float = 0.5, min_margin: float = 1e-3) -> CounterfactualResult:
     """Up to ``n`` diverse, minimal, verified changes of the tabular row ``x`` that change ``model``'s prediction.
 
     Args:
@@ -325,12 +325,15 @@ def counterfactuals(model: Any, X_train: Any, x: Any, *, n: int = 3, target: int
         n_values: numeric values tried per feature (training quantiles).
         beam_width: partial changes kept per depth.
         diversity: weight of the dissimilarity from the counterfactuals already chosen (0: the n closest).
+        min_margin: the new class's probability must exceed every other class's by this much, so that a
+            counterfactual on the decision boundary does not flip back under float32 rounding or another library's
+            arithmetic (for a binary model: logit at least ``2 atanh(min_margin)`` past 0).
 
     Returns:
         :class:`CounterfactualResult`.
     """
-    if n < 1 or max_changes < 1 or n_values < 2 or beam_width < 1:
-        raise PrecedentsError("Need n >= 1, max_changes >= 1, n_values >= 2 and beam_width >= 1.")
+    if n < 1 or max_changes < 1 or n_values < 2 or beam_width < 1 or not 0 <= min_margin < 1:
+        raise PrecedentsError("Need n >= 1, max_changes >= 1, n_values >= 2, beam_width >= 1, 0 <= min_margin < 1.")
     X, names, to_input = _as_matrix(X_train, feature_names)
     x = x.to_numpy() if hasattr(x, "to_numpy") else x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
     x = np.asarray(x, dtype=np.float64)
@@ -360,7 +363,10 @@ def counterfactuals(model: Any, X_train: Any, x: Any, *, n: int = 3, target: int
         return P[:, target] if target is not None else 1 - P[:, current]
 
     def reached(P: np.ndarray) -> np.ndarray:
-        return P.argmax(1) == target if target is not None else P.argmax(1) != current
+        top = P.argmax(1)
+        ok = top == target if target is not None else top != current
+        second = np.sort(P, axis=1)[:, -2]
+        return ok & (P.max(1) - second >= min_margin)
 
     numeric = [u for u in units if u.kind in ("continuous", "integer")]
     num_cols = np.array([u.columns[0] for u in numeric], dtype=int)

@@ -261,7 +261,7 @@ def _weight_decay(weight_decay: float | None, retrain: Any) -> float | None:
 
 def flip_set(model: Any, train: Any, x_test: Any, *, method: Any = "influence-exact", max_size: int = 50,
              retrain: Callable[[torch.Tensor], Any], scores: Any = None, weight_decay: float | None = None,
-             refine: bool = True, forward_fn: Callable | None = None) -> FlipSetResult:
+             refine: bool = True, baseline: str = "model", forward_fn: Callable | None = None) -> FlipSetResult:
     """The smallest set of training examples whose removal flips ``model``'s prediction at ``x_test``, verified.
 
     Args:
@@ -278,6 +278,9 @@ def flip_set(model: Any, train: Any, x_test: Any, *, method: Any = "influence-ex
         scores: (n,) precomputed scores instead of running ``method``.
         weight_decay: for the default influence method; default ``retrain.weight_decay`` when it has one.
         refine: put back members that are not needed (one retrain each).
+        baseline: ``"model"``: the prediction to flip is ``model``'s; ``"retrain"``: that of ``retrain(all kept)``
+            (for warm-start retrainers, whose continued training moves the model even with nothing removed, as
+            :func:`~precedents.evaluate.leave_one_out` compares).
 
     Returns:
         :class:`FlipSetResult`. Its ``n_retrains`` retrains are the cost: about ``2 log2(size) + size``.
@@ -290,7 +293,7 @@ def flip_set(model: Any, train: Any, x_test: Any, *, method: Any = "influence-ex
         raise PrecedentsError(f"flip_set explains one test point, got {len(X)}; use flip_sets for several.")
     return flip_sets(model, train, X, method=method, max_size=max_size, retrain=retrain,
                      scores=None if scores is None else np.asarray(scores).reshape(1, -1),
-                     weight_decay=weight_decay, refine=refine, forward_fn=forward_fn).results[0]
+                     weight_decay=weight_decay, refine=refine, baseline=baseline, forward_fn=forward_fn).results[0]
 
 
 @dataclass
@@ -342,12 +345,17 @@ class FlipSets:
 
 def flip_sets(model: Any, train: Any, X_test: Any, *, method: Any = "influence-exact", max_size: int = 50,
               retrain: Callable[[torch.Tensor], Any], scores: Any = None, weight_decay: float | None = None,
-              refine: bool = True, forward_fn: Callable | None = None) -> FlipSets:
+              refine: bool = True, baseline: str = "model", forward_fn: Callable | None = None) -> FlipSets:
     """:func:`flip_set` for every row of ``X_test`` (the method is fitted once); see :class:`FlipSets`."""
     if max_size < 1:
         raise PrecedentsError(f"max_size must be >= 1, got {max_size}.")
+    if baseline not in ("model", "retrain"):
+        raise PrecedentsError(f"baseline must be 'model' or 'retrain', got {baseline!r}.")
     train_pair, X, classes, z = _prepare(model, train, X_test, forward_fn)
     n = len(train_pair[1])
+    if baseline == "retrain":
+        z = _logits(retrain(torch.ones(n, dtype=torch.bool)), X, forward_fn)
+        classes = z.argmax(1)
     if scores is None:
         S = _rankings(model, train_pair, X, classes, method, _weight_decay(weight_decay, retrain)).numpy()
     else:
