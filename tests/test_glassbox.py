@@ -110,3 +110,23 @@ def test_bad_input():
         gb.RuleListClassifier().predict(X)
     with pytest.raises(pc.PrecedentsError, match="search"):
         gb.RuleListClassifier(search="beam").fit(X, np.arange(20) % 2)
+
+
+def test_transparency_tables_render(compas):
+    from precedents.report import Report, render_html
+    from precedents.report.transparency import transparency_tables
+
+    X, y = compas
+    res = gb.compare(X.iloc[:1500], y[:1500], features=["age", "priors_count"], seed=1)
+    Xn = X[["age", "priors_count", "juv_fel_count"]].to_numpy(dtype=np.float64)
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression().fit(Xn, y)
+    cf = pc.counterfactuals(model, Xn, Xn[0], feature_names=["age", "priors_count", "juv_fel_count"],
+                            immutable=["age"])
+    tables = transparency_tables(res, cf)
+    assert len(tables) == 5 and tables[-1].title == "Counterfactual explanations"
+    html = render_html(Report("seed 004", "", tables, []))
+    assert "Rule list" in html and "priors_count" in html
+    with pytest.raises(pc.PrecedentsError, match="No report tables"):
+        transparency_tables(object())

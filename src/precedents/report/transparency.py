@@ -23,11 +23,14 @@ def transparency_tables(*results: Any) -> list[Table]:
     from ..glassbox import GlassboxComparison
 
     tables: list[Table] = []
-    for k, result in enumerate(results):
+    n_cf = sum(isinstance(r, CounterfactualResult) for r in results)
+    k_cf = 0
+    for result in results:
         if isinstance(result, (GlassboxComparison, FlipSets)):
             tables += result.report_tables()
         elif isinstance(result, CounterfactualResult):
-            tables.append(result.report_table(f"Counterfactual explanations ({k + 1})" if len(results) > 1
+            k_cf += 1
+            tables.append(result.report_table(f"Counterfactual explanations ({k_cf})" if n_cf > 1
                                               else "Counterfactual explanations"))
         elif isinstance(result, FlipSetResult):
             tables += FlipSets([result], max(len(result.indices), 1)).report_tables()[1:]
