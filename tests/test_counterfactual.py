@@ -142,7 +142,7 @@ def test_non_tabular_and_bad_input(cancer):
     with pytest.raises(pc.PrecedentsError, match="already predicts"):
         counterfactuals(model, X, X[0], target=int(model.predict(X[:1])[0]))
     gx, _ = load_german_credit()
-    with pytest.raises(pc.PrecedentsError, match="not numeric"):
+    with pytest.raises(pc.PrecedentsError, match="categorical, which this model cannot read"):
         counterfactuals(model, gx, gx.iloc[0])
 
 
@@ -152,7 +152,7 @@ def test_multiclass_mlp_reaches_the_target_class():
     from precedents.datasets import load_iris
 
     X, y = load_iris()
-    mlp = MLPClassifier(hidden_layer_sizes=(8,), max_iter=2000, random_state=0).fit(X, y)
+    mlp = MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=500, random_state=0).fit(X, y)
     names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
     res = counterfactuals(mlp, X, X[0], target=2, feature_names=names, immutable=["sepal_width"], n=3)
     assert len(res) >= 1 and res.original_class == 0
@@ -160,3 +160,29 @@ def test_multiclass_mlp_reaches_the_target_class():
         assert mlp.predict(cf.values[None].astype(np.float32))[0] == 2 == cf.predicted
         assert cf.values[1] == X[0, 1]
         assert cf.probability == pytest.approx(mlp.predict_proba(cf.values[None].astype(np.float32))[0, 2], abs=1e-5)
+
+
+def test_xgboost_native_categorical_frame():
+    xgb = pytest.importorskip("xgboost")
+    import pandas as pd
+
+    from precedents.adapters.trees import categorical_frame
+
+    X, y = load_german_credit()
+    X = categorical_frame(X)
+    model = xgb.XGBClassifier(n_estimators=60, max_depth=3, n_jobs=1, random_state=0, enable_categorical=True,
+                              tree_method="hist").fit(X, y)
+    i = int(np.flatnonzero(model.predict(X) == 1)[0])
+    res = counterfactuals(model, X, X.iloc[i], immutable=["age", "status_sex"], n=3, max_changes=2)
+    assert len(res) >= 1
+    for cf in res.counterfactuals:
+        row = X.iloc[[i]].copy()
+        for feature, old, new in cf.changes:
+            assert feature not in ("age", "status_sex")
+            if isinstance(X[feature].dtype, pd.CategoricalDtype):
+                assert old == X[feature].iloc[i] and new in list(X[feature].cat.categories)
+                row[feature] = pd.Categorical([new], dtype=X[feature].dtype)
+            else:
+                assert new == int(new)                                   # counts stay integers
+                row[feature] = np.array([new]).astype(X[feature].dtype)
+        assert model.predict(row)[0] == 0 == cf.predicted

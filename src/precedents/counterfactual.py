@@ -78,7 +78,7 @@ class _Model:
     def _logits(self, Z: np.ndarray, grad: bool = False) -> torch.Tensor:
         param = next(iter(self.module.parameters()), None)
         dtype = param.dtype if param is not None else torch.float32
-        x = torch.as_tensor(Z, dtype=dtype)
+        x = torch.tensor(np.asarray(Z), dtype=dtype)
         if grad:
             x.requires_grad_(True)
         self.module.eval()
@@ -246,21 +246,64 @@ def _plain(v: Any) -> Any:
 # The search
 # ---------------------------------------------------------------------------------------------------------
 
-def _as_matrix(X: Any, feature_names: list[str] | None) -> tuple[np.ndarray, list[str], Any]:
-    """Training matrix (n, d) float64, names, and a function turning rows back into the model's input type."""
+@dataclass
+class _Table:
+    """The training data as a float matrix, and the way back to the model's input type."""
+
+    X: np.ndarray
+    names: list[str]
+    to_input: Any
+    encode: Any                                   # a row as given by the user -> (d,) float64
+    labels: dict[int, list[Any]]                  # column -> level labels of a native categorical column
+
+
+def _as_matrix(X: Any, feature_names: list[str] | None) -> _Table:
+    """Training matrix (n, d) float64, names, and functions between the user's rows and the matrix.
+
+    A DataFrame's categorical (``category`` or ``object``) columns become their category codes, and are decoded
+    back to the same dtype for the model: for tree ensembles that read categories natively (XGBoost
+    ``enable_categorical``, LightGBM).
+    """
     if hasattr(X, "columns") and hasattr(X, "dtypes"):             # a DataFrame
         import pandas as pd
 
-        bad = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
-        if bad:
-            raise PrecedentsError(f"Columns {bad} are not numeric: encode them the way the model reads them (e.g. "
-                                  "precedents.datasets.one_hot, whose 'column=level' groups are kept together).")
-        columns, dtypes = list(X.columns), X.dtypes
+        columns = list(X.columns)
+        dtypes = {}
+        labels: dict[int, list[Any]] = {}
+        for j, c in enumerate(columns):
+            if isinstance(X[c].dtype, pd.CategoricalDtype):
+                dtypes[c] = X[c].dtype
+            elif not pd.api.types.is_numeric_dtype(X[c]):
+                dtypes[c] = pd.CategoricalDtype(sorted(X[c].dropna().unique().tolist()))
+            if c in dtypes:
+                labels[j] = list(dtypes[c].categories)
+        numeric = {c: X[c].dtype for c in columns if c not in dtypes}
+        objects = {c for c in dtypes if not isinstance(X[c].dtype, pd.CategoricalDtype)}
+
+        def encode(frame: Any) -> np.ndarray:
+            frame = frame.to_frame().T if isinstance(frame, pd.Series) else frame
+            cols = []
+            for c in columns:
+                if c in dtypes:
+                    codes = pd.Categorical(frame[c].astype(object), dtype=dtypes[c]).codes
+                    if (codes < 0).any():
+                        raise PrecedentsError(f"Column {c!r} has a value not seen in training.")
+                    cols.append(codes.astype(np.float64))
+                else:
+                    cols.append(frame[c].to_numpy(dtype=np.float64))
+            return np.stack(cols, axis=1)
 
         def to_input(Z: np.ndarray) -> Any:
-            return pd.DataFrame(Z, columns=columns).astype(dtypes.to_dict())
+            out = {}
+            for j, c in enumerate(columns):
+                if c in dtypes:
+                    cat = pd.Categorical.from_codes(Z[:, j].astype(int), dtype=dtypes[c])
+                    out[c] = cat.astype(object) if c in objects else cat
+                else:
+                    out[c] = Z[:, j].astype(numeric[c])
+            return pd.DataFrame(out, columns=columns)
 
-        return X.to_numpy(dtype=np.float64), [str(c) for c in columns], to_input
+        return _Table(encode(X), [str(c) for c in columns], to_input, lambda r: encode(r)[0], labels)
     arr = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
     if arr.ndim != 2:
         raise PrecedentsError(f"Feature counterfactuals need tabular data (n, d); got shape {arr.shape} (images or "
@@ -271,7 +314,12 @@ def _as_matrix(X: Any, feature_names: list[str] | None) -> tuple[np.ndarray, lis
     names = list(feature_names) if feature_names is not None else [f"x{j}" for j in range(arr.shape[1])]
     if len(names) != arr.shape[1]:
         raise PrecedentsError(f"{len(names)} feature names for {arr.shape[1]} columns.")
-    return arr.astype(np.float64), names, lambda Z: Z.astype(dtype)
+
+    def encode_row(r: Any) -> np.ndarray:
+        r = np.asarray(r.detach().cpu().numpy() if isinstance(r, torch.Tensor) else r, dtype=np.float64)
+        return r[0] if r.ndim == 2 and len(r) == 1 else r
+
+    return _Table(arr.astype(np.float64), names, lambda Z: Z.astype(dtype), encode_row, {})
 
 
 def _candidates(unit: _Unit, X: np.ndarray, x: np.ndarray, n_values: int,
@@ -334,15 +382,17 @@ def counterfactuals(model: Any, X_train: Any, x: Any, *, n: int = 3, target: int
     """
     if n < 1 or max_changes < 1 or n_values < 2 or beam_width < 1 or not 0 <= min_margin < 1:
         raise PrecedentsError("Need n >= 1, max_changes >= 1, n_values >= 2, beam_width >= 1, 0 <= min_margin < 1.")
-    X, names, to_input = _as_matrix(X_train, feature_names)
-    x = x.to_numpy() if hasattr(x, "to_numpy") else x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 2 and len(x) == 1:
-        x = x[0]
+    table = _as_matrix(X_train, feature_names)
+    X, names = table.X, table.names
+    x = table.encode(x)
     if x.shape != (X.shape[1],):
         raise PrecedentsError(f"x must be one row of {X.shape[1]} features, got shape {x.shape}.")
-    predictor = _Model(model, to_input)
-    units = _units(X, names, _one_hot_groups(names, one_hot), set(categorical),
+    predictor = _Model(model, table.to_input)
+    if table.labels and predictor.module is not None:
+        raise PrecedentsError(f"Columns {[names[j] for j in table.labels]} are categorical, which this model cannot "
+                              "read: pass the numeric matrix it was trained on (e.g. precedents.datasets.one_hot, "
+                              "whose 'column=level' groups are kept together).")
+    units = _units(X, names, _one_hot_groups(names, one_hot), set(categorical) | {names[j] for j in table.labels},
                    None if integer is None else set(integer))
     known = {u.name for u in units} | set(names)
     unknown = [f for f in immutable if f not in known]
@@ -490,7 +540,11 @@ def counterfactuals(model: Any, X_train: Any, x: Any, *, n: int = 3, target: int
                     dst = u.levels[int(np.argmax(z[u.columns]))]
                     changes.append((u.name, src.split("=", 1)[-1], dst.split("=", 1)[-1]))
                 else:
-                    changes.append((u.name, x[u.columns[0]], z[u.columns[0]]))
+                    j = u.columns[0]
+                    if j in table.labels:
+                        changes.append((u.name, table.labels[j][int(x[j])], table.labels[j][int(z[j])]))
+                    else:
+                        changes.append((u.name, x[j], z[j]))
             new = int(p.argmax())
             out.append(Counterfactual(z, changes, float(distances(z)[0]), k,
                                       float(p[target if target is not None else new]), new))
