@@ -91,8 +91,8 @@ def glass_section(name: str, X: Any, y: np.ndarray, features: list[str] | None, 
                f"{sum(r.models['rule list'].certified_ for r in runs)} of {len(runs)} splits) is "
                f"{100 * (acc['black box'] - acc['rule list']):.1f} accuracy points below the black box and "
                f"{auc['black box'] - auc['rule list']:.3f} below it in ROC AUC; the integer score card is "
-               f"{100 * (acc['black box'] - acc['score card']):.1f} points below, and rounding cost it "
-               f"{auc['score card (unrounded)'] - auc['score card']:+.4f} ROC AUC against its unrounded model.")
+               f"{100 * (acc['black box'] - acc['score card']):.1f} points below; ROC AUC of the rounded card minus "
+               f"its unrounded model: {auc['score card'] - auc['score card (unrounded)']:+.4f}.")
     rl = runs[0].models["rule list"]
     text = [f"### {name}", "",
             f"n_train = {runs[0].n_train}, n_test = {runs[0].n_test}; mean ± sd over seeds {SEEDS} "

@@ -126,3 +126,23 @@ def test_bad_input(small):
         unlearn(model, (Xtr, ytr), [100], retrain=retrain, X=Xte[:2])
     with pytest.raises(pc.PrecedentsError, match="weight_decay"):
         exhaustive_flip_sets((Xtr, ytr), Xte[:2], n_classes=2, weight_decay=0.0)
+
+
+def test_scikit_learn_model_and_retrainer(small):
+    """A scikit-learn LogisticRegression with a retrainer that refits it: influence reads its C, sets are verified."""
+    from sklearn.linear_model import LogisticRegression
+
+    Xtr, ytr, Xte, _ = small
+
+    def refit(keep):
+        k = keep.numpy()
+        return LogisticRegression(C=1.0, tol=1e-10, max_iter=1000).fit(Xtr[k], ytr[k])
+
+    model = refit(torch.ones(len(ytr), dtype=torch.bool))
+    fs = flip_sets(model, (Xtr, ytr), Xte[:15], retrain=refit, max_size=6)
+    assert any(r.flipped for r in fs.results)
+    for t, r in enumerate(fs.results):
+        if r.flipped:
+            keep = np.ones(len(ytr), dtype=bool)
+            keep[r.indices] = False
+            assert refit(torch.as_tensor(keep)).predict(Xte[t:t + 1])[0] != model.predict(Xte[t:t + 1])[0]
