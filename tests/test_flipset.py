@@ -55,6 +55,14 @@ def test_greedy_flip_sets_are_verified_and_minimal_against_exhaustive(small):
     assert checked >= 5
     assert minimal >= 0.9 * checked
     assert sum(fs.distribution().values()) == len(Xte)
+    # swap moves never make a set larger, and what they return is still a verified flip
+    swapped = flip_sets(model, (Xtr, ytr), Xte, retrain=retrain, max_size=8, swap_width=10)
+    for t, (res, sw, ex) in enumerate(zip(fs.results, swapped.results, exact, strict=True)):
+        assert sw.flipped == res.flipped and (not res.flipped or sw.size <= res.size)
+        if sw.flipped and sw.size < res.size:
+            assert _predict_without(Xtr, ytr, sw.indices, Xte[t]) != base[t]
+        if ex is not None:
+            assert sw.size >= len(ex)
 
 
 def test_flip_set_is_one_minimal_and_reports_changes(small):

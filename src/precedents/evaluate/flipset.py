@@ -15,6 +15,7 @@ Ilyas et al. 2022 of datamodels). :func:`flip_set` finds a small one in three st
    assumes flipping is monotone in k along the ranking; the answer is re-checked by retraining in any case.
 3. **Refinement**: each member, weakest score first, is put back if the prediction stays flipped without it
    (one retrain each). The result is *1-minimal*: no single member can be restored without undoing the flip.
+   Optionally (``swap_width``), swap moves then try to replace two members by one outsider.
 
 Every reported set is verified: ``flipped`` is the retrained model's prediction, never the approximation.
 :func:`exhaustive_flip_sets` is the ground truth for L2-regularised logistic regression on small problems: it
@@ -199,7 +200,38 @@ class _Oracle:
         return new != self.cls, new, loss
 
 
-def _search(oracle: _Oracle, scores: np.ndarray, loss0: float, max_size: int, refine: bool) -> FlipSetResult:
+def _drop_unneeded(oracle: _Oracle, removed: list[int], scores: np.ndarray) -> list[int]:
+    """Put back each member, weakest score first, whose removal is not needed for the flip (1-minimality)."""
+    for i in sorted(removed, key=lambda j: scores[j]):
+        trial = [j for j in removed if j != i]
+        if trial and oracle(trial)[0]:
+            removed = trial
+    return removed
+
+
+def _swap_search(oracle: _Oracle, removed: list[int], scores: np.ndarray, order: np.ndarray, width: int,
+                 max_members: int = 5) -> list[int]:
+    """Shrink a flip set by swap moves: replace two members by one of the ``width`` best-scored non-members while
+    that still flips (each move one retrain), then drop what is no longer needed; until no move works."""
+    while 2 <= len(removed) <= max_members:
+        outside = [int(c) for c in order if c not in removed][:width]
+        move = None
+        for a, b in itertools.combinations(sorted(removed, key=lambda j: scores[j]), 2):
+            rest = [j for j in removed if j not in (a, b)]
+            for c in outside:
+                if oracle([*rest, c])[0]:
+                    move = [*rest, c]
+                    break
+            if move:
+                break
+        if move is None:
+            break
+        removed = _drop_unneeded(oracle, move, scores)
+    return removed
+
+
+def _search(oracle: _Oracle, scores: np.ndarray, loss0: float, max_size: int, refine: bool,
+            swap_width: int = 0) -> FlipSetResult:
     order = np.argsort(-scores, kind="stable")
     candidates = order[scores[order] > 0][:max_size]
     predicted = np.flatnonzero(loss0 + np.cumsum(scores[candidates]) > LOG2)
@@ -236,10 +268,9 @@ def _search(oracle: _Oracle, scores: np.ndarray, loss0: float, max_size: int, re
                              oracle.cls, new, loss0, predicted_size, len(oracle.cache), tried)
     removed = list(candidates[:hi])
     if refine:
-        for i in sorted(removed, key=lambda j: scores[j]):        # weakest first
-            trial = [j for j in removed if j != i]
-            if trial and oracle(trial)[0]:
-                removed = trial
+        removed = _drop_unneeded(oracle, removed, scores)
+    if swap_width:
+        removed = _swap_search(oracle, removed, scores, order, swap_width)
     flipped, new, loss = oracle(removed)
     removed = sorted(removed, key=lambda j: -scores[j])
     return FlipSetResult(np.asarray(removed, dtype=np.int64), flipped, float(scores[removed].sum()), loss - loss0,
@@ -261,7 +292,8 @@ def _weight_decay(weight_decay: float | None, retrain: Any) -> float | None:
 
 def flip_set(model: Any, train: Any, x_test: Any, *, method: Any = "influence-exact", max_size: int = 50,
              retrain: Callable[[torch.Tensor], Any], scores: Any = None, weight_decay: float | None = None,
-             refine: bool = True, baseline: str = "model", forward_fn: Callable | None = None) -> FlipSetResult:
+             refine: bool = True, swap_width: int = 0, baseline: str = "model",
+             forward_fn: Callable | None = None) -> FlipSetResult:
     """The smallest set of training examples whose removal flips ``model``'s prediction at ``x_test``, verified.
 
     Args:
@@ -278,6 +310,9 @@ def flip_set(model: Any, train: Any, x_test: Any, *, method: Any = "influence-ex
         scores: (n,) precomputed scores instead of running ``method``.
         weight_decay: for the default influence method; default ``retrain.weight_decay`` when it has one.
         refine: put back members that are not needed (one retrain each).
+        swap_width: if > 0, then shrink sets of 2 to 5 members by swap moves: two members out, one of the
+            ``swap_width`` best-scored non-members in, kept when it still flips (up to ``C(k, 2) * swap_width``
+            retrains per move). Off by default.
         baseline: ``"model"``: the prediction to flip is ``model``'s; ``"retrain"``: that of ``retrain(all kept)``
             (for warm-start retrainers, whose continued training moves the model even with nothing removed, as
             :func:`~precedents.evaluate.leave_one_out` compares).
@@ -293,7 +328,8 @@ def flip_set(model: Any, train: Any, x_test: Any, *, method: Any = "influence-ex
         raise PrecedentsError(f"flip_set explains one test point, got {len(X)}; use flip_sets for several.")
     return flip_sets(model, train, X, method=method, max_size=max_size, retrain=retrain,
                      scores=None if scores is None else np.asarray(scores).reshape(1, -1),
-                     weight_decay=weight_decay, refine=refine, baseline=baseline, forward_fn=forward_fn).results[0]
+                     weight_decay=weight_decay, refine=refine, swap_width=swap_width, baseline=baseline,
+                     forward_fn=forward_fn).results[0]
 
 
 @dataclass
@@ -345,7 +381,8 @@ class FlipSets:
 
 def flip_sets(model: Any, train: Any, X_test: Any, *, method: Any = "influence-exact", max_size: int = 50,
               retrain: Callable[[torch.Tensor], Any], scores: Any = None, weight_decay: float | None = None,
-              refine: bool = True, baseline: str = "model", forward_fn: Callable | None = None) -> FlipSets:
+              refine: bool = True, swap_width: int = 0, baseline: str = "model",
+              forward_fn: Callable | None = None) -> FlipSets:
     """:func:`flip_set` for every row of ``X_test`` (the method is fitted once); see :class:`FlipSets`."""
     if max_size < 1:
         raise PrecedentsError(f"max_size must be >= 1, got {max_size}.")
@@ -366,7 +403,7 @@ def flip_sets(model: Any, train: Any, X_test: Any, *, method: Any = "influence-e
     results = []
     for t in range(len(X)):
         oracle = _Oracle(retrain, n, X[t:t + 1], int(classes[t]), forward_fn)
-        results.append(_search(oracle, S[t], float(losses[t]), max_size, refine))
+        results.append(_search(oracle, S[t], float(losses[t]), max_size, refine, swap_width))
     return FlipSets(results, max_size)
 
 
