@@ -147,7 +147,7 @@ def test_scikit_learn_model_and_retrainer(small):
         return LogisticRegression(C=1.0, tol=1e-10, max_iter=1000).fit(Xtr[k], ytr[k])
 
     model = refit(torch.ones(len(ytr), dtype=torch.bool))
-    fs = flip_sets(model, (Xtr, ytr), Xte[:15], retrain=refit, max_size=6)
+    fs = flip_sets(model, (Xtr, ytr), Xte[:15], retrain=refit, max_size=6, method="influence-cg")  # a registry key
     assert any(r.flipped for r in fs.results)
     for t, r in enumerate(fs.results):
         if r.flipped:

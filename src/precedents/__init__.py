@@ -7,25 +7,46 @@ of the test loss if that training example were removed.
 
 from . import evaluate, glassbox
 from ._validation import PrecedentsError
-from .attribution import Attribution, TopK
+from .attribution import Attribution, Measurement, TopK
 from .counterfactual import counterfactuals
 from .features import feature_attributions, tcav
-from .methods import GradientSimilarity, InfluenceFunction, RepresenterL2, RepresenterLJE, TracIn
+from .methods import (
+    Explainer,
+    GradientSimilarity,
+    InfluenceFunction,
+    NotFittedError,
+    RepresenterL2,
+    RepresenterLJE,
+    TracIn,
+    available_methods,
+    clone,
+    explainer,
+    load,
+    method_info,
+)
 from .sensitivity import sensitivity_maps
 
 __all__ = [
     "Attribution",
+    "Explainer",
     "GradientSimilarity",
     "InfluenceFunction",
+    "Measurement",
+    "NotFittedError",
     "PrecedentsError",
     "RepresenterL2",
     "RepresenterLJE",
     "TopK",
     "TracIn",
+    "available_methods",
+    "clone",
     "counterfactuals",
     "evaluate",
+    "explainer",
     "feature_attributions",
     "glassbox",
+    "load",
+    "method_info",
     "sensitivity_maps",
     "tcav",
 ]

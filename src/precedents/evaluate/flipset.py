@@ -110,30 +110,31 @@ def _train_pair(train: Any) -> tuple[torch.Tensor, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------------
 
 def _explainer(method: Any, model: Any, weight_decay: float | None) -> Any:
-    """An unfitted explainer for ``method`` (a registry key or an explainer object, returned as is)."""
+    """An explainer for ``method``: a registry key (``precedents.available_methods()``), built with the retrainer's
+    weight decay where the method takes one, or an explainer object (fitted or not), returned as is."""
     if not isinstance(method, str):
         return method
-    if method.startswith("influence-"):
-        from ..methods import InfluenceFunction
+    import inspect
 
-        return InfluenceFunction(model, solver=method.split("-", 1)[1], weight_decay=weight_decay, progress=False)
-    try:
-        import precedents
+    from ..methods import method_info
 
-        build = precedents.explainer  # the method registry (issue 9)
-    except AttributeError as exc:
-        raise PrecedentsError(f"Unknown method {method!r}: use 'influence-exact', 'influence-cg', ... or pass a "
-                              "fitted explainer object.") from exc
-    return build(method, model)
+    info = method_info(method)
+    accepted = inspect.signature(info.cls.__init__).parameters
+    params: dict[str, Any] = {"progress": False}
+    if weight_decay is not None:
+        params["weight_decay"] = weight_decay
+    return info.build(model, **{k: v for k, v in params.items() if k in accepted})
 
 
 def _rankings(model: Any, train: tuple[torch.Tensor, torch.Tensor], X: torch.Tensor, classes: torch.Tensor,
               method: Any, weight_decay: float | None) -> torch.Tensor:
-    """(m, n) predicted increase of each test loss l(x_t, c_t) if each training example were removed (nats)."""
+    """(m, n) scores of each training example for each test point's class c_t, positive = supports c_t: for a
+    loss-based method the predicted increase of the test loss l(x_t, c_t) if the example were removed (nats)."""
     explainer = _explainer(method, model, weight_decay)
-    if not hasattr(explainer, "n_train_"):
+    fitted = explainer.is_fitted if hasattr(explainer, "is_fitted") else hasattr(explainer, "n_train_")
+    if not fitted:
         explainer.fit(train)
-    scores = explainer.attribute(X, classes).scores
+    scores = explainer.attribute(X, target=classes).scores
     scores = torch.as_tensor(scores).detach().to(torch.float64).cpu()
     if scores.shape != (len(X), len(train[1])):
         raise PrecedentsError(f"The method returned scores of shape {tuple(scores.shape)}, expected "
@@ -301,9 +302,10 @@ def flip_set(model: Any, train: Any, x_test: Any, *, method: Any = "influence-ex
             convert); its prediction at ``x_test`` is the one to flip.
         train: ``(X_train, y_train)``, the data ``model`` and ``retrain`` were trained on (same order).
         x_test: one input, shaped like a row of X_train (a leading batch axis of 1 is accepted).
-        method: the ranking: ``"influence-exact"`` (default), ``"influence-cg"``, another registry key, or an
-            explainer object (fitted or not) whose ``attribute(X, y).scores`` are loss-based (predicted increase of
-            the test loss, nats, if the example were removed).
+        method: the ranking: a registry key (``precedents.available_methods()``; default ``"influence-exact"``)
+            or an explainer object (fitted or not); scores of ``attribute(X, target=c)``, positive = supports c.
+            ``predicted_change`` and ``predicted_size`` are in the method's units: nats of test loss for
+            loss-based methods (influence), which is what the log 2 rule for ``predicted_size`` assumes.
         max_size: the largest set tried (candidates are the top ``max_size`` proponents).
         retrain: ``retrain(keep_mask) -> model``; e.g. ``LogisticRegressionRetrainer`` (exact) or
             ``warm_start_retrainer`` (networks).
