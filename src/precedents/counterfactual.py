@@ -323,8 +323,9 @@ def _as_matrix(X: Any, feature_names: list[str] | None) -> _Table:
 
 
 def _candidates(unit: _Unit, X: np.ndarray, x: np.ndarray, n_values: int,
-                gradient: tuple[float, np.ndarray] | None) -> list[np.ndarray]:
-    """Replacement values for the unit's columns (each an array over ``unit.columns``), excluding x's own."""
+                gradient: tuple[float, np.ndarray] | None, past: float = 0.0) -> list[np.ndarray]:
+    """Replacement values for the unit's columns (each an array over ``unit.columns``), excluding x's own; with
+    the margin's gradient, also the value where the linearised margin reaches ``past`` (a little beyond 0)."""
     cols = unit.columns
     current = x[cols]
     if unit.kind == "one-hot":
@@ -343,9 +344,11 @@ def _candidates(unit: _Unit, X: np.ndarray, x: np.ndarray, n_values: int,
         m, g = gradient
         gj = g[cols[0]]
         if gj != 0:
-            step = -m / gj * 1.01                # the linearised margin crosses zero, with a little slack
+            step = (max(past, 0.01 * abs(m)) - m) / gj       # the linearised margin a little past zero
             v = np.clip(current[0] + step, unit.lo, unit.hi)
-            values = np.append(values, np.ceil(v) if step > 0 else np.floor(v) if unit.kind == "integer" else v)
+            if unit.kind == "integer":
+                v = np.ceil(v) if step > 0 else np.floor(v)
+            values = np.append(values, v)
     return [np.array([v]) for v in np.unique(values) if v != current[0]]
 
 
@@ -435,7 +438,8 @@ def counterfactuals(model: Any, X_train: Any, x: Any, *, n: int = 3, target: int
     if target is not None or len(p0) == 2:
         other = target if target is not None else 1 - current
         gradient = predictor.margin_gradient(x, other, current)
-    options = [(k, v) for k, u in enumerate(actionable) for v in _candidates(u, X, x, n_values, gradient)]
+    past = 4 * float(np.arctanh(min_margin))      # twice the logit gap of min_margin in a binary model
+    options = [(k, v) for k, u in enumerate(actionable) for v in _candidates(u, X, x, n_values, gradient, past)]
     evaluated = 0
     solutions: list[np.ndarray] = []
     beam = [(x.copy(), frozenset())]
