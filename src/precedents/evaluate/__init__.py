@@ -1,5 +1,6 @@
 """Evaluation beside the methods: it calls them only through their public API, as a user would."""
 
+from .flipset import FlipSetResult, FlipSets, UnlearningResult, exhaustive_flip_sets, flip_set, flip_sets, unlearn
 from .loo import LeaveOneOutResult, leave_one_out, linear_datamodeling, linear_datamodeling_score
 from .metrics import pearson, spearman
 from .mislabel import MislabelResult, detection_curve, detection_summary, fix_and_retrain, flip_labels, mislabel
@@ -18,8 +19,15 @@ from .sanity import SanityResult, label_randomized_model, randomize_labels, rein
 from .stability import StabilityResult, stability
 
 __all__ = [
+    "FlipSetResult",
+    "FlipSets",
     "FromScratchRetrainer",
     "HeadRetrainer",
+    "UnlearningResult",
+    "exhaustive_flip_sets",
+    "flip_set",
+    "flip_sets",
+    "unlearn",
     "LeaveOneOutResult",
     "LogisticRegressionRetrainer",
     "MislabelResult",
