@@ -266,7 +266,8 @@ class InfluenceFunction(Explainer):
             through_network = any(name not in head_names for name in names)
             grads = LossGradients(module, names, loss_fn=self.loss_fn or loss_for_link(self.head_.link),
                                   forward_fn=self.forward_fn, weight_decay=self.weight_decay_,
-                                  batch_size=self.batch_size, progress=self.progress)
+                                  batch_size=self.batch_size, progress=self.progress,
+                                  head_layer=self.head_.layer_name if self.params == "head" else None)
             self.curvature_ = ModuleCurvature(grads, self._inputs, self.labels_)
         self.through_network_ = through_network
         if self.damping == "auto":
