@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 import precedents as pc
-from precedents.datasets import load_mnist
+from precedents.demos.datasets import load_mnist
 from precedents.evaluate.loo import leave_one_out, warm_start_retrainer
 
 CONFIGS = {

@@ -41,10 +41,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from precedents.datasets import binary_subset, load_german_credit, load_mnist, one_hot
+from precedents.demos.datasets import binary_subset, load_german_credit, load_mnist, one_hot
 from precedents.evaluate import fit_logistic_regression, flip_labels, mislabel
 from precedents.evaluate.mislabel import accuracy, apply_corrections, oracle_corrections
-from precedents.models import MnistCNN, train_classifier
+from precedents.demos.models import MnistCNN, train_classifier
 
 DOCS = Path(__file__).resolve().parent
 OUT = DOCS / "mislabel"

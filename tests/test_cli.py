@@ -46,7 +46,7 @@ def test_explain_reports_bad_input_without_traceback(tmp_path, digits, digits_ml
 
 
 def test_explain_state_dict_and_module(tmp_path, digits):
-    from precedents.models import MnistCNN
+    from precedents.demos.models import MnistCNN
 
     Xtr, ytr, Xte, _ = digits
     model = MnistCNN(c1=4, c2=8, hidden=16)
@@ -54,7 +54,7 @@ def test_explain_state_dict_and_module(tmp_path, digits):
     images = torch.nn.functional.interpolate(Xtr.reshape(-1, 1, 8, 8), size=28)
     np.savez(tmp_path / "train.npz", X=images[:300].numpy(), y=ytr[:300].numpy())
     np.savez(tmp_path / "test.npz", X=images[300:310].numpy())
-    code = main(["explain", "--state-dict", str(tmp_path / "sd.pt"), "--module", "precedents.models:MnistCNN",
+    code = main(["explain", "--state-dict", str(tmp_path / "sd.pt"), "--module", "precedents.demos.models:MnistCNN",
                  "--module-kwargs", '{"c1": 4, "c2": 8, "hidden": 16}', "--layer", "fc2", "--methods", "rps-l2",
                  "--train", str(tmp_path / "train.npz"), "--test", str(tmp_path / "test.npz"), "--overlap", "0",
                  "--out", str(tmp_path / "out"), "--quiet"])
@@ -63,7 +63,7 @@ def test_explain_state_dict_and_module(tmp_path, digits):
 
 
 def test_explain_features_sensitivity_and_tabular_features(tmp_path, digits, digits_mlp):
-    from precedents.models import MnistCNN
+    from precedents.demos.models import MnistCNN
 
     Xtr, ytr, Xte, yte = digits
     torch.manual_seed(0)
@@ -72,7 +72,7 @@ def test_explain_features_sensitivity_and_tabular_features(tmp_path, digits, dig
     images = torch.nn.functional.interpolate(Xtr.reshape(-1, 1, 8, 8), size=28)
     np.savez(tmp_path / "train.npz", X=images[:300].numpy(), y=ytr[:300].numpy())
     np.savez(tmp_path / "test.npz", X=images[300:304].numpy(), y=ytr[300:304].numpy())
-    code = main(["explain", "--state-dict", str(tmp_path / "sd.pt"), "--module", "precedents.models:MnistCNN",
+    code = main(["explain", "--state-dict", str(tmp_path / "sd.pt"), "--module", "precedents.demos.models:MnistCNN",
                  "--module-kwargs", '{"c1": 4, "c2": 8, "hidden": 16}', "--methods", "rps-l2,rps-lje",
                  "--features", "saliency,ig", "--points", "0,1", "--train", str(tmp_path / "train.npz"),
                  "--test", str(tmp_path / "test.npz"), "--overlap", "0", "--out", str(tmp_path / "out"), "--quiet"])

@@ -12,7 +12,7 @@ import torch
 import precedents as pc
 from precedents.adapters.trees import SUGGESTED_DAMPING, TreeHead, categorical_frame, load_tree_model, read_table
 from precedents.cli import main
-from precedents.datasets import load_german_credit
+from precedents.demos.datasets import load_german_credit
 
 xgb = pytest.importorskip("xgboost")
 

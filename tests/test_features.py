@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import precedents as pc
-import precedents.datasets
+import precedents.demos.datasets
 from precedents.features import add_stroke, feature_attributions, tcav
 
 

