@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._validation import PrecedentsError
+from .files import last_line
 from .parser import build_parser
 
 __all__ = ["main", "build_parser"]
@@ -65,6 +66,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # a bug: one line, the traceback with --debug
         if args.debug:
             raise
-        _error(command, f"{type(err).__name__}: {err} (this may be a bug in precedents; rerun with --debug for "
-                        "the traceback)")
+        _error(command, f"{type(err).__name__}: {last_line(err)} (this may be a bug in precedents; rerun with "
+                        "--debug for the traceback)")
         return 1

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._validation import PrecedentsError
 from ..report import write_review
-from .files import eager_linear, load_arrays, load_model, prepare_out
+from .files import check_model_runs, eager_linear, load_arrays, load_model, prepare_out
 
 OUTPUTS = ("review.html", "review.csv", "scores.json", "corrections.json")
 DEBUG_NOTE = ("Retraining after corrections refits only the final linear layer, on the features the given model "
@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     X, y = load_arrays(args.train, "Training file")
     if y is None:
         raise PrecedentsError(f"{args.train} has no labels y: debugging checks the given labels.")
+    check_model_runs(model, X, args.train)
     y = y.long().reshape(-1)
     param = next(iter(model.parameters()), None)
     if param is not None and param.is_floating_point() and X.is_floating_point():

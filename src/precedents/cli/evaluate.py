@@ -21,7 +21,7 @@ import torch
 from .._validation import PrecedentsError
 from ..report import Table, table_text
 from . import methods
-from .files import eager_linear, load_arrays, load_model, prepare_out
+from .files import check_model_runs, eager_linear, load_arrays, load_model, prepare_out
 
 OUTPUTS = ("evaluate.csv", "evaluate.json", "evaluate.md")
 EVALUATE_NOTE = ("Truth: leave-one-out retraining, loss_change(t, i) = loss_t(retrained without i) - loss_t(reference)"
@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if y_test is None:
         raise PrecedentsError(f"{args.test} has no labels y: evaluate needs the test labels (the truth is the "
                               "change of each test point's loss).")
+    check_model_runs(model, X, args.train)
+    check_model_runs(model, X_test, args.test)
     y, y_test = y.long().reshape(-1), y_test.long().reshape(-1)
     n = len(X)
     if args.points > n:

@@ -16,7 +16,7 @@ from .._validation import PrecedentsError
 from ..pipeline import LJE_STEP, MethodRun, explain_tabular, explanation_strips, fit_timed, rows_of, run_method
 from ..report import Table, build_report, precedents_table, table_text, write_html, write_top_k
 from . import methods
-from .files import load_arrays, load_model, prepare_out
+from .files import check_model_runs, load_arrays, load_model, prepare_out
 
 OUTPUTS = ("report.html", "top_k.csv", "top_k.json")
 DEFAULT_METHODS = ["rps-l2", "rps-lje"]
@@ -86,6 +86,8 @@ def _explain_torch(args: argparse.Namespace) -> int:
     X_test, y_test = load_arrays(args.test, "Test file")
     if y is None:
         raise PrecedentsError(f"{args.train} has no labels y: the training data needs them.")
+    check_model_runs(model, X, args.train)
+    check_model_runs(model, X_test, args.test)
     points = _points(args, len(X_test))
     out = prepare_out(args.out, "explain", OUTPUTS)
     shown = X_test[points]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 
 from .._validation import PrecedentsError
 
-__all__ = ["MARKER", "load_arrays", "load_model", "eager_linear", "prepare_out"]
+__all__ = ["MARKER", "check_model_runs", "eager_linear", "load_arrays", "load_model", "prepare_out"]
 
 #: written into every --out folder, so a later run knows the folder is precedents' own
 MARKER = ".precedents-out"
@@ -62,7 +63,9 @@ def load_arrays(path: str | Path, what: str = "Data file") -> tuple[torch.Tensor
             with np.load(p, allow_pickle=False) as npz:
                 data = {k: npz[k] for k in npz.files}
         else:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():          # torch's notes on pickle protocols: the error says it all
+                warnings.simplefilter("ignore")
+                obj = torch.load(p, map_location="cpu", weights_only=True)
             if isinstance(obj, (tuple, list)):
                 data = dict(zip(("X", "y"), obj, strict=False))
             elif isinstance(obj, dict):
@@ -127,7 +130,9 @@ def load_model(args: argparse.Namespace) -> torch.nn.Module:
         raise PrecedentsError(f"{args.module} built a {type(model).__name__}, not a torch.nn.Module.")
     path = _existing_file(args.state_dict, "State dict file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise PrecedentsError(f"State dict file {path} cannot be read as a torch.save file (weights_only): "
                               f"{type(err).__name__}: {err}") from err
@@ -142,6 +147,27 @@ def load_model(args: argparse.Namespace) -> torch.nn.Module:
     except RuntimeError as err:
         raise PrecedentsError(f"{path} does not fit {args.module}: {err}") from err
     return model.eval()
+
+
+def last_line(err: BaseException) -> str:
+    """The informative line of an exception from deep inside torch (TorchScript adds its own traceback)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def check_model_runs(model: torch.nn.Module, X: torch.Tensor, path: str | Path) -> None:
+    """Run the model on the first two rows of ``X`` (read from ``path``): a refusal is a bad input, said so."""
+    param = next(iter(model.parameters()), None)
+    rows = X[:2]
+    if param is not None and param.is_floating_point() and rows.is_floating_point():
+        rows = rows.to(param.dtype)
+    try:
+        with torch.no_grad():
+            model(rows)
+    except Exception as err:  # the user's model refusing the user's data: shape, dtype, device
+        raise PrecedentsError(f"The model cannot run on X from {path} (shape {tuple(X.shape)}, {X.dtype}): "
+                              f"{last_line(err)}. Check that the file holds the inputs this model was trained on."
+                              ) from err
 
 
 def eager_linear(model: torch.nn.Module) -> torch.nn.Module:
