@@ -42,9 +42,9 @@ import torch
 from torch import nn
 
 from precedents.demos.datasets import binary_subset, load_german_credit, load_mnist, one_hot
+from precedents.demos.models import MnistCNN, train_classifier
 from precedents.evaluate import fit_logistic_regression, flip_labels, mislabel
 from precedents.evaluate.mislabel import accuracy, apply_corrections, oracle_corrections
-from precedents.demos.models import MnistCNN, train_classifier
 
 DOCS = Path(__file__).resolve().parent
 OUT = DOCS / "mislabel"

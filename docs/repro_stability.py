@@ -33,9 +33,9 @@ import torch
 
 import precedents as pc
 from precedents.demos.datasets import load_mnist
+from precedents.demos.models import MnistCNN, train_classifier
 from precedents.evaluate import stability
 from precedents.evaluate.stability import to_markdown
-from precedents.demos.models import MnistCNN, train_classifier
 
 N_TRAIN, N_TEST, EPOCHS = 10_000, 1_000, 8
 OUT = Path(__file__).with_name("stability")
