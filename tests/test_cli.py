@@ -92,3 +92,23 @@ def test_explain_features_sensitivity_and_tabular_features(tmp_path, digits, dig
     assert "Feature attribution, test point 0" in (tmp_path / "tab" / "report.html").read_text()
     assert main(["explain", "--model", str(tmp_path / "model.ts"), "--train", str(tmp_path / "tr.npz"), "--test",
                  str(tmp_path / "te.npz"), "--features", "gradcam", "--quiet"]) == 2
+
+
+def test_explain_any_method_key_and_loss_methods_explain_the_prediction(tmp_path, digits, digits_mlp):
+    """Loss-based keys explain the loss of the *predicted* class: their top proponent has positive score."""
+    Xtr, ytr, Xte, yte = digits
+    torch.jit.script(digits_mlp).save(str(tmp_path / "model.ts"))
+    np.savez(tmp_path / "train.npz", X=Xtr[:300].numpy(), y=ytr[:300].numpy())
+    np.savez(tmp_path / "test.npz", X=Xte.numpy(), y=yte.numpy())
+    code = main(["explain", "--model", str(tmp_path / "model.ts"), "--train", str(tmp_path / "train.npz"),
+                 "--test", str(tmp_path / "test.npz"), "--methods", "rps-lje,influence-exact,grad-cos",
+                 "--points", "0,1", "--k", "2", "--overlap", "10", "--damping", "0.001", "--out",
+                 str(tmp_path / "out"), "--quiet"])
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "top_k.csv")))
+    methods = {r["method"] for r in rows}
+    assert len(methods) == 3
+    units = json.loads((tmp_path / "out" / "top_k.json").read_text())["units"]
+    assert {"logit", "loss"} <= set(units.values())
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "influence-exact" in html and "grad-cos" in html and "explains the loss of class" in html

@@ -151,6 +151,9 @@ def build_report(title: str, intro: str, results: Sequence[MethodResult], *, sho
                 note = (f"explains the loss of class {_label(res.target[pos], class_names)} "
                         f"({float(res.model_output[pos]):.3f} nats): a score is the predicted increase of that "
                         "loss if the training example were removed")
+            elif res.units != "logit":
+                note = (f"explains the loss of class {_label(res.target[pos], class_names)}; scores: {res.units} "
+                        "(positive = supports it)")
             panels.append(MethodPanel(r.name, examples(top.positive_indices[pos], top.positive_scores[pos]),
                                       examples(top.negative_indices[pos], top.negative_scores[pos]), note))
         strips = list(case_strips[len(out_cases)]) if case_strips is not None else []
