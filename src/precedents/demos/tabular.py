@@ -97,17 +97,18 @@ def _run_demo(spec: dict[str, Any], X: Any, y: np.ndarray, n_test: int, out_dir:
     intro = (f"{spec['name']}: an XGBoost model predicts whether a person {spec['positive']}. Each case shows one "
              "test person and, for each method, the training people whose scores most support (POSITIVE) and most "
              "oppose (NEGATIVE) the model's prediction for that person, with their feature values, true label, "
-             "the model's prediction for them, and the score.\n\nThe ensemble is seen as a linear head on its trees' "
-             "outputs (one feature per tree, plus a constant), so RPS-LJE and influence explain how each training "
-             "person moves the weights of that head; the trees' structure is held fixed. Retraining the ensemble "
-             "without a person also regrows trees, which these scores do not model: docs/trees_loo.md measures how "
-             "well they predict leave-one-out retraining (weakly).")
+             f"the model's prediction for them, and the score. The cards show {len(spec['shown'])} of the "
+             f"{X.shape[1]} attributes ({', '.join(spec['shown'])}).\n\nThe ensemble is seen as a linear head on "
+             "its trees' outputs (one feature per tree, plus a constant), so RPS-LJE and influence explain how each "
+             "training person moves the weights of that head; the trees' structure is held fixed. Retraining the "
+             "ensemble without a person also regrows trees, which these scores do not model: docs/trees_loo.md "
+             "measures how well they predict leave-one-out retraining (weakly).")
     report = build_report(
         f"precedents: which training cases is this {spec['name']} prediction built on?", intro, runs,
         shown_labels=yte[shown], shown_ids=shown,
         cases=[(title, pos) for pos, (title, _) in enumerate(chosen)], train_display=None, train_labels=ytr,
-        train_predictions=train_pred, class_names=spec["classes"], k=k, train_rows=rows_of(Xtr),
-        test_rows=rows_of(Xte.iloc[shown]), extra_tables=[setup])
+        train_predictions=train_pred, class_names=spec["classes"], k=k, train_rows=rows_of(Xtr[spec["shown"]]),
+        test_rows=rows_of(Xte.iloc[shown][spec["shown"]]), extra_tables=[setup])
     path = write_html(report, out / "report.html")
     write_top_k(out / "top_k.csv", out / "top_k.json", runs, shown, k)
     for table in report.tables:
