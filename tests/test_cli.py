@@ -108,7 +108,7 @@ def test_explain_any_method_key_and_loss_methods_explain_the_prediction(tmp_path
     rows = list(csv.DictReader(open(tmp_path / "out" / "top_k.csv")))
     methods = {r["method"] for r in rows}
     assert len(methods) == 3
-    units = json.loads((tmp_path / "out" / "top_k.json").read_text())["units"]
-    assert {"logit", "loss"} <= set(units.values())
+    measured = json.loads((tmp_path / "out" / "top_k.json").read_text())["measurements"]
+    assert {m["quantity"] for m in measured.values()} == {"class logit", "test loss"}
     html = (tmp_path / "out" / "report.html").read_text()
     assert "influence-exact" in html and "grad-cos" in html and "explains the loss of class" in html

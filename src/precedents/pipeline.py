@@ -18,7 +18,6 @@ import torch
 
 from ._validation import PrecedentsError
 from .evaluate import topk_jaccard
-from .methods.base import HeadExplainer
 from .report.build import MethodResult, feature_strip, sensitivity_strip
 from .report.html import ImageStrip
 
@@ -44,22 +43,8 @@ def fit_timed(explainer: Any, X: Any, y: Any = None) -> tuple[Any, float]:
 
 
 def diagnostics(explainer: Any) -> dict[str, Any]:
-    """The explainer's own diagnostics (faithfulness and cost facts), as a dict of JSON-able values."""
-    if hasattr(explainer, "diagnostics"):
-        return dict(explainer.diagnostics())
-    # TODO(issue 9): every estimator gets diagnostics(); this fallback goes when it lands on main
-    found: dict[str, Any] = {}
-    for name in ("l2", "step", "damping"):
-        if name in explainer.get_params():
-            found[name] = explainer.get_params()[name]
-    refit = getattr(explainer, "refit_", {})
-    if refit:
-        found["refit_gradient_norm"] = refit.get("gradient_norm")
-        found["refit_newton_steps"] = refit.get("iterations")
-    for name in ("stationarity_", "relative_stationarity_", "hessian_condition_"):
-        if hasattr(explainer, name):
-            found[name.rstrip("_")] = getattr(explainer, name)
-    return found
+    """The explainer's own ``diagnostics()`` (faithfulness and cost facts), JSON-able."""
+    return dict(explainer.diagnostics())
 
 
 def run_method(name: str, explainer: Any, fit_seconds: float, X: Any, *, y: Any = None, k: int = 5,
@@ -71,22 +56,23 @@ def run_method(name: str, explainer: Any, fit_seconds: float, X: Any, *, y: Any 
     explained head's agreement with the model is measured (head methods).
     """
     start = time.perf_counter()
-    res = explainer.attribute(X) if y is None else explainer.attribute(X, y)
+    res = explainer.attribute(X, y)
     res.top(k)
     seconds = time.perf_counter() - start
     overlap = {}
     if overlap_X is not None:
         many = explainer.attribute(overlap_X)
         overlap = topk_jaccard(many.top(k), many.target)
+    facts = diagnostics(explainer)
     fidelity, decomposition = {}, {}
-    if isinstance(explainer, HeadExplainer):   # the methods that explain a head (and decompose its logit)
-        fidelity = {"train": explainer.fidelity()}
+    if "fidelity_train" in facts:              # the method explains a head: how close it is to the model
+        fidelity = {"train": facts["fidelity_train"]}
         if fidelity_X is not None:
             fidelity["test"] = explainer.fidelity(fidelity_X)
-    if res.units == "logit":
+    if res.measurement.additive:               # the scores add up to the explained head's output
         decomposition = {"sum_gap": float((res.scores.sum(1) - res.explained).abs().max()),
                          "head_gap": float((res.explained - res.model_output).abs().max())}
-    return MethodRun(name, res, fit_seconds, seconds, diagnostics=diagnostics(explainer), fidelity=fidelity,
+    return MethodRun(name, res, fit_seconds, seconds, diagnostics=facts, fidelity=fidelity,
                      decomposition=decomposition, overlap=overlap, explainer=explainer)
 
 
@@ -161,8 +147,8 @@ def explain_tabular(model: Any, Xtr: Any, ytr: np.ndarray, Xte: Any, shown: Sequ
                               "from rps-lje, influence-exact (on the trees' head).")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        probe = RepresenterLJE(model, step=step, progress=progress).fit(Xtr, ytr)
-    lam = float(probe.solver_.eigenvalues.max())
+        probe = RepresenterLJE(model, step=step, damping=0.0, progress=progress).fit(Xtr, ytr)
+    lam = float(probe.solver_.largest_eigenvalue)
     d = SUGGESTED_DAMPING * lam if damping is None else damping
     Xs = Xte.iloc[list(shown)]
     predicted = probe.attribute(Xs).target

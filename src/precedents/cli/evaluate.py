@@ -111,10 +111,9 @@ def run(args: argparse.Namespace) -> int:
     for key in keys:
         start = time.perf_counter()
         explainer = _explainer(key, model, args).fit(X, y)
-        # influence / grad-*: attribute(X, y), the true labels; representers: attribute(X, target=true labels)
-        res = explainer.attribute(Xs, ys)
+        res = explainer.attribute(Xs, target=ys)     # the true label's loss, or its logit
         scores = res.scores.detach().to(torch.float64).cpu()
-        runs.append((key, scores, time.perf_counter() - start))
+        runs.append((key, scores, time.perf_counter() - start, res.measurement.units))
 
     # half the examples with the largest |score| of the first method, half random (seeded)
     top = torch.argsort(runs[0][1].abs().amax(dim=0), descending=True, stable=True)[: args.points // 2]
@@ -132,10 +131,8 @@ def run(args: argparse.Namespace) -> int:
 
     columns = ["method", "pearson", "spearman", "fit+attribute seconds", "score units"]
     rows = []
-    for key, scores, seconds in runs:
+    for key, scores, seconds, units in runs:
         corr = truth.correlate(scores)
-        units = {"rps-l2": "logit", "rps-lje": "logit", "grad-dot": "gradient product",
-                 "grad-cos": "cosine"}.get(key, "loss (nats)")
         rows.append([key, float(corr.pearson), float(corr.spearman), float(seconds), units])
     summary = {
         "note": EVALUATE_NOTE, "retrain": args.retrain, "weight_decay": args.weight_decay, "damping": args.damping,

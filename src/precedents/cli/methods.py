@@ -1,43 +1,31 @@
-"""The method keys the commands accept, and the estimator a key and the command's options build.
-
-TODO(issue 9): this is the bridge until ``precedents.available_methods()`` / ``precedents.explainer()`` land on
-main; then the keys come from the registry and :func:`build` is ``explainer(key, model)`` + ``set_params``.
-"""
+"""The registry as the commands use it: the keys argparse offers, and the estimator a key and options build."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
+from .._validation import PrecedentsError
+from ..methods.registry import available_methods, explainer, method_info
 
-__all__ = ["KEYS", "build"]
+__all__ = ["KEYS", "build", "loss_based"]
 
-KEYS = ("rps-l2", "rps-lje", "influence-exact", "influence-cg", "influence-lissa", "influence-arnoldi", "grad-dot",
-        "grad-cos")
-
-
-def _make(key: str, model: torch.nn.Module) -> Any:
-    from ..methods import GradientSimilarity, InfluenceFunction, RepresenterL2, RepresenterLJE
-
-    if key.startswith("influence-"):
-        return InfluenceFunction(model, solver=key.split("-", 1)[1])
-    if key == "rps-l2":
-        return RepresenterL2(model)
-    if key == "rps-lje":
-        return RepresenterLJE(model)
-    return GradientSimilarity(model, kind=key.split("-", 1)[1])
+#: every registered method (``precedents.available_methods()``)
+KEYS: tuple[str, ...] = tuple(available_methods())
 
 
-def build(key: str, model: torch.nn.Module, **options: Any) -> Any:
-    """The estimator of ``key`` for ``model`` with those of ``options`` it takes (None: keep its default)."""
-    est = _make(key, model)
+def build(key: str, model: Any, **options: Any) -> Any:
+    """``precedents.explainer(key, model)`` with those command options the method takes (None: its default)."""
+    info = method_info(key)
+    try:
+        est = explainer(key, model)
+    except TypeError as err:            # a required argument no option of the command gives (TracIn's checkpoints)
+        raise PrecedentsError(f"{key} cannot be built from this command's options ({err}); use the Python API "
+                              "precedents.explainer(key, model, ...) or another method.") from err
     names = est.get_params()
-    for name, value in options.items():
-        if value is not None and name in names:
-            setattr(est, name, value)
-    return est
+    return est.set_params(**{k: v for k, v in options.items()
+                             if v is not None and k in names and k not in info.fixed})
 
 
 def loss_based(key: str) -> bool:
     """Whether the method of ``key`` explains a loss (and so needs the labels whose loss it explains)."""
-    return not key.startswith("rps-")
+    return method_info(key).loss_based

@@ -61,10 +61,30 @@ def _signed_map(values: Any, vmax: float | None = None) -> np.ndarray:
     return signed_to_rgb(a, vmax)
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+#: diagnostics shown elsewhere in the tables (or the same for every method)
+_SHOWN_ELSEWHERE = ("method", "measurement", "n_train", "fit_seconds", "fidelity_train")
+
+
 def _diagnostics_text(diagnostics: Mapping[str, Any]) -> str:
-    """A diagnostics dict as one line: the scalar entries, ``name value``, in the estimator's order."""
-    parts = [f"{k.replace('_', ' ')} {format_value(v)}" for k, v in diagnostics.items()
-             if isinstance(v, (int, float, str, bool, np.generic)) and v is not None]
+    """A diagnostics dict as one line, in the estimator's order: ``name value``; a nested dict as
+    ``name: key value, key value``; lists and empty values are left out."""
+    def scalar(v: Any) -> bool:
+        return isinstance(v, (int, float, str, bool, np.generic)) and v != ""
+
+    parts = []
+    for k, v in diagnostics.items():
+        if k in _SHOWN_ELSEWHERE:
+            continue
+        if isinstance(v, Mapping):
+            inner = ", ".join(f"{ik.replace('_', ' ')} {format_value(iv)}" for ik, iv in v.items() if scalar(iv))
+            if inner:
+                parts.append(f"{k.replace('_', ' ')}: {inner}")
+        elif scalar(v):
+            parts.append(f"{k.replace('_', ' ')} {format_value(v)}")
     return "; ".join(parts)
 
 
@@ -145,15 +165,15 @@ def build_report(title: str, intro: str, results: Sequence[MethodResult], *, sho
                         for i, s in zip(indices.tolist(), scores.tolist(), strict=True)]
 
             res = r.attribution
-            note = (f"explains class {_label(res.target[pos], class_names)}: scores sum to "
-                    f"{float(res.explained[pos]):+.3f} (model logit {float(res.model_output[pos]):+.3f})")
-            if res.units == "loss":
+            m = res.measurement
+            if m.additive:
+                note = (f"explains class {_label(res.target[pos], class_names)}: scores sum to "
+                        f"{float(res.explained[pos]):+.3f} (model logit {float(res.model_output[pos]):+.3f})")
+            elif m.quantity == "test loss":
                 note = (f"explains the loss of class {_label(res.target[pos], class_names)} "
-                        f"({float(res.model_output[pos]):.3f} nats): a score is the predicted increase of that "
-                        "loss if the training example were removed")
-            elif res.units != "logit":
-                note = (f"explains the loss of class {_label(res.target[pos], class_names)}; scores: {res.units} "
-                        "(positive = supports it)")
+                        f"({float(res.model_output[pos]):.3f} nats); scores: {m.units}. {_sentence(m.sign)}")
+            else:
+                note = f"explains the {m.quantity} of class {_label(res.target[pos], class_names)}; scores: {m.units}"
             panels.append(MethodPanel(r.name, examples(top.positive_indices[pos], top.positive_scores[pos]),
                                       examples(top.negative_indices[pos], top.negative_scores[pos]), note))
         strips = list(case_strips[len(out_cases)]) if case_strips is not None else []
@@ -173,7 +193,7 @@ def precedents_table(result: MethodResult, pos: int, X_train: Any, y_train: Any,
             row = X_train.iloc[i]
             rows.append([f"{kind}{rank}", i, float(s), classes[int(y_train[i])], classes[int(train_pred[i])],
                          *[row[c] for c in columns]])
-    units = "logit" if result.attribution.units == "logit" else "nats"
+    units = result.attribution.measurement.units
     return Table(f"{result.name}: precedents ({units}; + supports the prediction, - opposes it)",
                  ["rank", "train row", "score", "label", "model says", *columns], rows)
 

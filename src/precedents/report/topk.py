@@ -27,11 +27,12 @@ def write_top_k(path_csv: str | os.PathLike, path_json: str | os.PathLike, resul
     """Write the k most positive and k most negative training examples of each shown test point.
 
     ``test_id`` is the test point's id in its data set (``shown_ids[position]``); ``score`` is in the method's
-    units (the JSON names them per method): positive = supports the model's output for the test point.
+    units (the JSON states each method's measurement: quantity, units, sign): positive = supports the model's
+    output for the test point.
     """
-    records, units = [], {}
+    records, measurements = [], {}
     for r in results:
-        units[r.attribution.method] = r.attribution.units
+        measurements[r.attribution.method] = r.attribution.measurement.to_dict()
         for row in r.attribution.top(k).records():
             row["test_id"] = int(shown_ids[row.pop("test")])
             records.append(row)
@@ -42,4 +43,4 @@ def write_top_k(path_csv: str | os.PathLike, path_json: str | os.PathLike, resul
     _write_atomic(Path(path_csv), buf.getvalue())
     _write_atomic(Path(path_json), json.dumps({
         "sign_convention": "positive = supports the model's output for the test point (proponent)",
-        "units": units, "records": records}, indent=1) + "\n")
+        "measurements": measurements, "records": records}, indent=1) + "\n")
