@@ -21,7 +21,7 @@ def test_explain_torchscript_writes_report_and_top_k(tmp_path, digits, digits_ml
                  "--out", str(tmp_path / "out"), "--quiet"])
     assert code == 0
     html = (tmp_path / "out" / "report.html").read_text()
-    assert "RPS-l2" in html and "RPS-LJE" in html and "Decomposition theorem check" in html
+    assert "rps-l2" in html and "rps-lje" in html and "Decomposition theorem check" in html
     rows = list(csv.DictReader(open(tmp_path / "out" / "top_k.csv")))
     assert len(rows) == 2 * 3 * 3 * 2          # methods x points x k x (positive, negative)
     assert {r["test_id"] for r in rows} == {"0", "1", "2"}

@@ -139,7 +139,7 @@ def explain_tabular(model: Any, Xtr: Any, ytr: np.ndarray, Xte: Any, shown: Sequ
     stationarity, the warnings the fits raised).
     """
     from .adapters.trees import SUGGESTED_DAMPING
-    from .methods import InfluenceFunction, RepresenterLJE
+    from .methods.registry import explainer
 
     unknown = [m for m in methods if m not in ("rps-lje", "influence-exact")]
     if unknown or not methods:
@@ -147,7 +147,7 @@ def explain_tabular(model: Any, Xtr: Any, ytr: np.ndarray, Xte: Any, shown: Sequ
                               "from rps-lje, influence-exact (on the trees' head).")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        probe = RepresenterLJE(model, step=step, damping=0.0, progress=progress).fit(Xtr, ytr)
+        probe = explainer("rps-lje", model, step=step, damping=0.0, progress=progress).fit(Xtr, ytr)
     lam = float(probe.solver_.largest_eigenvalue)
     d = SUGGESTED_DAMPING * lam if damping is None else damping
     Xs = Xte.iloc[list(shown)]
@@ -156,12 +156,12 @@ def explain_tabular(model: Any, Xtr: Any, ytr: np.ndarray, Xte: Any, shown: Sequ
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         if "rps-lje" in methods:
-            lje, seconds = fit_timed(RepresenterLJE(model, step=step, damping=d, progress=progress), Xtr, ytr)
-            runs.append(run_method("RPS-LJE", lje, seconds, Xs, k=k, fidelity_X=Xte))
+            lje, seconds = fit_timed(explainer("rps-lje", model, step=step, damping=d, progress=progress), Xtr, ytr)
+            runs.append(run_method("rps-lje", lje, seconds, Xs, k=k, fidelity_X=Xte))
         if "influence-exact" in methods:
-            inf, seconds = fit_timed(InfluenceFunction(model, params="head", solver="exact", damping=d,
-                                                       progress=progress), Xtr, ytr)
-            runs.append(run_method("influence (head)", inf, seconds, Xs, y=predicted, k=k))   # the predicted loss
+            inf, seconds = fit_timed(explainer("influence-exact", model, params="head", damping=d, progress=progress),
+                                     Xtr, ytr)
+            runs.append(run_method("influence-exact", inf, seconds, Xs, y=predicted, k=k))   # the predicted loss
     info = {"lambda_max": lam, "damping": d, "stationarity": probe.stationarity_,
             "warnings": sorted({str(w.message).split(" (")[0] for w in caught})}
     return runs, info

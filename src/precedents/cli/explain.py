@@ -20,8 +20,6 @@ from .files import check_model_runs, load_arrays, load_model, prepare_out
 
 OUTPUTS = ("report.html", "top_k.csv", "top_k.json")
 DEFAULT_METHODS = ["rps-l2", "rps-lje"]
-#: a method's name in the report
-TITLES = {"rps-l2": "RPS-l2", "rps-lje": "RPS-LJE"}
 
 
 def _points(args: argparse.Namespace, n_test: int) -> list[int]:
@@ -97,7 +95,7 @@ def _explain_torch(args: argparse.Namespace) -> int:
                             progress=not args.quiet)
         est, seconds = fit_timed(est, X, y)
         labels = _predicted(model, shown) if methods.loss_based(key) else None   # explain the prediction's loss
-        runs.append(run_method(TITLES.get(key, key), est, seconds, shown, y=labels, k=args.k,
+        runs.append(run_method(key, est, seconds, shown, y=labels, k=args.k,
                                overlap_X=X_test[: args.overlap] if args.overlap and labels is None else None,
                                fidelity_X=X_test))
     preds = runs[0].attribution.target

