@@ -39,7 +39,7 @@ decomposes that refit head; its alpha depends on the training point and class on
 class tend to share precedents (class-level). RPS-LJE (Sui et al. 2021) needs no refit: it expands the \
 training-loss gradient around an anchor one ascent step from the given head and solves with the head's \
 Hessian; its precedents differ from test point to test point (instance-level). The tables say how faithful \
-each explained head is to the model and how class-level each explanation is.
+each explained head is to the model and how class-level each explanation is; they follow the cases.
 
 Under each case: which pixels (feature attribution with Captum: gradient saliency, SmoothGrad, Integrated \
 Gradients, occlusion and LIME, each for the explained class; red supports it, blue opposes it) beside which \
