@@ -112,6 +112,7 @@ def test_model_files_and_module_options(files, capsys, model, needle):
     (("--overlap", "-3"), "--overlap"),
     (("--methods", "rps-l3"), "Unknown method(s) rps-l3"),
     (("--methods", "rps-l2,rps-l2"), "named twice"),
+    (("--methods", "tracin"), "tracin cannot be built from this command's options"),
     (("--methods", ""), "Unknown method"),
     (("--features", "gradcam"), "gradcam"),
     (("--tcav", "train.npz"), "--tcav-layer"),

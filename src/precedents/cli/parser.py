@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--step", type=positive_float, default=None, help="rps-lje anchor step (default 0.01; tree "
                     "models: 1e-4)")
     ex.add_argument("--damping", type=nonneg_float, default=None,
-                    help="rps-lje and influence damping (tree models: default a fraction of lambda_max)")
+                    help="rps-lje and influence damping (default: each method's own, e.g. rps-lje 'auto'; tree "
+                    "models: 1e-3 x lambda_max)")
     ex.add_argument("--k", type=positive_int, default=5, help="precedents shown per sign")
     ex.add_argument("--points", type=index_list, default=None, help="comma-separated test indices to show "
                     "(default 0-3)")
