@@ -21,8 +21,7 @@ from .evaluate import topk_jaccard
 from .report.build import MethodResult, feature_strip, sensitivity_strip
 from .report.html import ImageStrip
 
-__all__ = ["MethodRun", "diagnostics", "explain_tabular", "explanation_strips", "fit_timed", "rows_of",
-           "run_method"]
+__all__ = ["LJE_STEP", "MethodRun", "explain_tabular", "explanation_strips", "fit_timed", "rows_of", "run_method"]
 
 #: the anchor step the RPS-LJE authors use for XGBoost
 LJE_STEP = 1e-4
@@ -42,11 +41,6 @@ def fit_timed(explainer: Any, X: Any, y: Any = None) -> tuple[Any, float]:
     return explainer, time.perf_counter() - start
 
 
-def diagnostics(explainer: Any) -> dict[str, Any]:
-    """The explainer's own ``diagnostics()`` (faithfulness and cost facts), JSON-able."""
-    return dict(explainer.diagnostics())
-
-
 def run_method(name: str, explainer: Any, fit_seconds: float, X: Any, *, y: Any = None, k: int = 5,
                overlap_X: Any = None, fidelity_X: Any = None) -> MethodRun:
     """Attribute the shown test points ``X`` with a fitted explainer and measure what the report shows.
@@ -63,7 +57,7 @@ def run_method(name: str, explainer: Any, fit_seconds: float, X: Any, *, y: Any 
     if overlap_X is not None:
         many = explainer.attribute(overlap_X)
         overlap = topk_jaccard(many.top(k), many.target)
-    facts = diagnostics(explainer)
+    facts = dict(explainer.diagnostics())
     fidelity, decomposition = {}, {}
     if "fidelity_train" in facts:              # the method explains a head: how close it is to the model
         fidelity = {"train": facts["fidelity_train"]}
