@@ -19,9 +19,10 @@ import torch
 from ._validation import PrecedentsError
 from .evaluate import topk_jaccard
 from .report.build import MethodResult, feature_strip, sensitivity_strip
-from .report.html import ImageStrip
+from .report.html import ImageStrip, Table
 
-__all__ = ["LJE_STEP", "MethodRun", "explain_tabular", "explanation_strips", "fit_timed", "rows_of", "run_method"]
+__all__ = ["LJE_STEP", "MethodRun", "explain_tabular", "explanation_strips", "fit_timed", "rows_of", "run_method",
+           "transparency_tables"]
 
 #: the anchor step the RPS-LJE authors use for XGBoost
 LJE_STEP = 1e-4
@@ -159,3 +160,32 @@ def explain_tabular(model: Any, Xtr: Any, ytr: np.ndarray, Xte: Any, shown: Sequ
     info = {"lambda_max": lam, "damping": d, "stationarity": probe.stationarity_,
             "warnings": sorted({str(w.message).split(" (")[0] for w in caught})}
     return runs, info
+
+
+def transparency_tables(*results: Any) -> list[Table]:
+    """Report tables for transparent models, feature counterfactuals, flip sets and unlearning (seed 004), in the
+    order given: any mix of :class:`~precedents.glassbox.GlassboxComparison`,
+    :class:`~precedents.counterfactual.CounterfactualResult`, :class:`~precedents.evaluate.flipset.FlipSets`,
+    :class:`~precedents.evaluate.flipset.FlipSetResult` and :class:`~precedents.evaluate.flipset.UnlearningResult`
+    (each result type knows its own tables)."""
+    from .counterfactual import CounterfactualResult
+    from .evaluate.flipset import FlipSetResult, FlipSets, UnlearningResult
+    from .glassbox import GlassboxComparison
+
+    tables: list[Table] = []
+    n_cf = sum(isinstance(r, CounterfactualResult) for r in results)
+    k_cf = 0
+    for result in results:
+        if isinstance(result, (GlassboxComparison, FlipSets)):
+            tables += result.report_tables()
+        elif isinstance(result, CounterfactualResult):
+            k_cf += 1
+            tables.append(result.report_table(f"Counterfactual explanations ({k_cf})" if n_cf > 1
+                                              else "Counterfactual explanations"))
+        elif isinstance(result, FlipSetResult):
+            tables += FlipSets([result], max(len(result.indices), 1)).report_tables()[1:]
+        elif isinstance(result, UnlearningResult):
+            tables.append(result.report_table())
+        else:
+            raise PrecedentsError(f"No report tables for a {type(result).__name__}.")
+    return tables

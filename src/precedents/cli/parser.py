@@ -163,15 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=nonneg_int, default=0)
     _common(ev)
 
-    from ..evaluate.mislabel import SELF_SCORES
+    from ..evaluate.mislabel import self_score_methods
+
+    self_scores = self_score_methods()          # the registered methods, then the baselines (loss, random)
 
     db = sub.add_parser("debug", help="rank training labels to check first (mislabel detection); fix and retrain")
     _model_arguments(db)
     db.add_argument("--train", required=True, help=".npz or .pt with X and y (the labels to check)")
     db.add_argument("--test", default=None, help=".npz or .pt with X and y: test accuracy after --corrections")
-    db.add_argument("--methods", type=key_list(list(SELF_SCORES), "self-score method"),
+    db.add_argument("--methods", type=key_list(self_scores, "self-score method"),
                     default=["rps-l2", "rps-lje", "influence-cg", "loss"],
-                    help=f"comma-separated, from: {', '.join(SELF_SCORES)} (default rps-l2,rps-lje,influence-cg,loss)")
+                    help=f"comma-separated, from: {', '.join(self_scores)} (default rps-l2,rps-lje,influence-cg,loss)")
     db.add_argument("--top", type=positive_int, default=100, help="examples in the review list")
     db.add_argument("--weight-decay", type=nonneg_float, default=0.0,
                     help="L2 the model was trained with (mean loss + wd/2 ||theta||^2): influence, head refit")
