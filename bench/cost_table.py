@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 import precedents as pc
-from precedents.datasets import load_mnist
-from precedents.models import load_or_train_mnist_cnn
+from precedents.demos.datasets import load_mnist
+from precedents.demos.models import load_or_train_mnist_cnn
 
 
 def timed(fn, repeats: int) -> tuple[float, float, object]:

@@ -433,7 +433,7 @@ def _cpu_model() -> str:
 
 
 def prepare(workdir: Path, loo_cache: str | None) -> dict:
-    from precedents.datasets import binary_subset, load_mnist
+    from precedents.demos.datasets import binary_subset, load_mnist
     from precedents.evaluate import LogisticRegressionRetrainer, leave_one_out
 
     X, y = binary_subset(*load_mnist("train"))

@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 import precedents as pc
-from precedents.datasets import load_mnist
+from precedents.demos.datasets import load_mnist
+from precedents.demos.models import train_classifier
 from precedents.evaluate import leave_one_out, warm_start_retrainer
-from precedents.models import train_classifier
 
 CONFIGS = {
     # name: (depth, width, weight decay)

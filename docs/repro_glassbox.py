@@ -26,7 +26,7 @@ import torch
 
 import precedents as pc
 from precedents import glassbox as gb
-from precedents.datasets import load_breast_cancer, load_compas, load_german_credit, one_hot
+from precedents.demos.datasets import load_breast_cancer, load_compas, load_german_credit, one_hot
 from precedents.evaluate import LogisticRegressionRetrainer, exhaustive_flip_sets, flip_sets, unlearn
 
 HERE = Path(__file__).resolve().parent

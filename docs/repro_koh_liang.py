@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 import precedents as pc
-from precedents.datasets import binary_subset, load_mnist
+from precedents.demos.datasets import binary_subset, load_mnist
 from precedents.evaluate import (
     FromScratchRetrainer,
     LogisticRegressionRetrainer,

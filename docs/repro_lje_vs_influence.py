@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 import precedents as pc
-from precedents.datasets import binary_subset, load_mnist
+from precedents.demos.datasets import binary_subset, load_mnist
+from precedents.demos.models import MnistCNN, load_or_train_mnist_cnn
 from precedents.evaluate.metrics import pearson, spearman
-from precedents.models import MnistCNN, load_or_train_mnist_cnn
 
 
 def binary_cnn(X: torch.Tensor, y: torch.Tensor, epochs: int = 2, seed: int = 0) -> nn.Module:

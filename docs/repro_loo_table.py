@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from precedents.cli import main as cli
-from precedents.datasets import binary_subset, load_mnist
+from precedents.demos.datasets import binary_subset, load_mnist
 from precedents.evaluate import fit_logistic_regression
 
 METHODS = "influence-exact,influence-cg,influence-lissa,influence-arnoldi,rps-l2,rps-lje,grad-dot,grad-cos"

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from precedents.datasets import binary_subset, load_german_credit, load_mnist, one_hot
+from precedents.demos.datasets import binary_subset, load_german_credit, load_mnist, one_hot
+from precedents.demos.models import MnistCNN, train_classifier
 from precedents.evaluate import (
     FromScratchRetrainer,
     LogisticRegressionRetrainer,
@@ -51,7 +52,6 @@ from precedents.evaluate import (
     warm_start_retrainer,
 )
 from precedents.evaluate.mislabel import accuracy, apply_corrections, oracle_corrections
-from precedents.models import MnistCNN, train_classifier
 
 DOCS = Path(__file__).resolve().parent
 OUT = DOCS / "mislabel"

@@ -5,8 +5,8 @@
 Seed 001 (Yeh et al. 2018) computes influence and representer values for 1,000 test points over the whole training
 set repeatedly and reports that representer values are numerically stable where influence estimates are not. Here:
 
-* model: the demo CNN (conv16-conv32-fc64-fc10, ``precedents.models.MnistCNN``) trained with
-  ``precedents.models.train_classifier`` (Adam, lr 1e-3, batch 128, 8 epochs, one call per epoch so that a
+* model: the demo CNN (conv16-conv32-fc64-fc10, ``precedents.demos.models.MnistCNN``) trained with
+  ``precedents.demos.models.train_classifier`` (Adam, lr 1e-3, batch 128, 8 epochs, one call per epoch so that a
   checkpoint is kept after each for TracIn; Adam's state restarts each epoch) on a seeded random subset of 10,000 of
   the 50,000 MNIST training images: the methods explain the model with the training set it was trained on;
 * test points: the first 1,000 MNIST test images; every method explains the model's *predicted* class;
@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 import precedents as pc
-from precedents.datasets import load_mnist
+from precedents.demos.datasets import load_mnist
+from precedents.demos.models import MnistCNN, train_classifier
 from precedents.evaluate import stability
 from precedents.evaluate.stability import to_markdown
-from precedents.models import MnistCNN, train_classifier
 
 N_TRAIN, N_TEST, EPOCHS = 10_000, 1_000, 8
 OUT = Path(__file__).with_name("stability")

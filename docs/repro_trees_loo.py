@@ -30,7 +30,7 @@ from torch import nn
 
 import precedents as pc
 from precedents.adapters.trees import TreeHead, categorical_frame
-from precedents.datasets import load_german_credit
+from precedents.demos.datasets import load_german_credit
 from precedents.evaluate import (
     FromScratchRetrainer,
     LogisticRegressionRetrainer,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from precedents import InfluenceFunction
-from precedents.datasets import binary_subset, load_mnist
+from precedents.demos.datasets import binary_subset, load_mnist
 from precedents.evaluate import LogisticRegressionRetrainer
 from precedents.methods.perturbation import training_set_attack
 from precedents.report.html import Case, Example, MethodPanel, Report, Table, write_html
@@ -231,7 +231,7 @@ def main() -> int:
         ".venv/bin/python docs/training_set_attack.py    # writes docs/training_set_attack.{html,md}",
         "```",
         "",
-        f"Real data: the first {N_TRAIN} ones and sevens of the MNIST training split (`precedents.datasets."
+        f"Real data: the first {N_TRAIN} ones and sevens of the MNIST training split (`precedents.demos.datasets."
         f"load_mnist`, `binary_subset`), pixels in [0, 1]. Model: logistic regression `nn.Linear(784, 2)` trained to "
         f"the exact optimum of mean cross-entropy + {WEIGHT_DECAY:g}/2 ||theta||^2 (float64 Newton, "
         f"`precedents.evaluate.loo`; gradient norm {model.fit_info_['gradient_norm']:.1e}); train accuracy "

@@ -21,7 +21,7 @@ def test_explain_torchscript_writes_report_and_top_k(tmp_path, digits, digits_ml
                  "--out", str(tmp_path / "out"), "--quiet"])
     assert code == 0
     html = (tmp_path / "out" / "report.html").read_text()
-    assert "RPS-l2" in html and "RPS-LJE" in html and "Decomposition theorem check" in html
+    assert "rps-l2" in html and "rps-lje" in html and "Decomposition theorem check" in html
     rows = list(csv.DictReader(open(tmp_path / "out" / "top_k.csv")))
     assert len(rows) == 2 * 3 * 3 * 2          # methods x points x k x (positive, negative)
     assert {r["test_id"] for r in rows} == {"0", "1", "2"}
@@ -46,7 +46,7 @@ def test_explain_reports_bad_input_without_traceback(tmp_path, digits, digits_ml
 
 
 def test_explain_state_dict_and_module(tmp_path, digits):
-    from precedents.models import MnistCNN
+    from precedents.demos.models import MnistCNN
 
     Xtr, ytr, Xte, _ = digits
     model = MnistCNN(c1=4, c2=8, hidden=16)
@@ -54,7 +54,7 @@ def test_explain_state_dict_and_module(tmp_path, digits):
     images = torch.nn.functional.interpolate(Xtr.reshape(-1, 1, 8, 8), size=28)
     np.savez(tmp_path / "train.npz", X=images[:300].numpy(), y=ytr[:300].numpy())
     np.savez(tmp_path / "test.npz", X=images[300:310].numpy())
-    code = main(["explain", "--state-dict", str(tmp_path / "sd.pt"), "--module", "precedents.models:MnistCNN",
+    code = main(["explain", "--state-dict", str(tmp_path / "sd.pt"), "--module", "precedents.demos.models:MnistCNN",
                  "--module-kwargs", '{"c1": 4, "c2": 8, "hidden": 16}', "--layer", "fc2", "--methods", "rps-l2",
                  "--train", str(tmp_path / "train.npz"), "--test", str(tmp_path / "test.npz"), "--overlap", "0",
                  "--out", str(tmp_path / "out"), "--quiet"])
@@ -63,7 +63,7 @@ def test_explain_state_dict_and_module(tmp_path, digits):
 
 
 def test_explain_features_sensitivity_and_tabular_features(tmp_path, digits, digits_mlp):
-    from precedents.models import MnistCNN
+    from precedents.demos.models import MnistCNN
 
     Xtr, ytr, Xte, yte = digits
     torch.manual_seed(0)
@@ -72,7 +72,7 @@ def test_explain_features_sensitivity_and_tabular_features(tmp_path, digits, dig
     images = torch.nn.functional.interpolate(Xtr.reshape(-1, 1, 8, 8), size=28)
     np.savez(tmp_path / "train.npz", X=images[:300].numpy(), y=ytr[:300].numpy())
     np.savez(tmp_path / "test.npz", X=images[300:304].numpy(), y=ytr[300:304].numpy())
-    code = main(["explain", "--state-dict", str(tmp_path / "sd.pt"), "--module", "precedents.models:MnistCNN",
+    code = main(["explain", "--state-dict", str(tmp_path / "sd.pt"), "--module", "precedents.demos.models:MnistCNN",
                  "--module-kwargs", '{"c1": 4, "c2": 8, "hidden": 16}', "--methods", "rps-l2,rps-lje",
                  "--features", "saliency,ig", "--points", "0,1", "--train", str(tmp_path / "train.npz"),
                  "--test", str(tmp_path / "test.npz"), "--overlap", "0", "--out", str(tmp_path / "out"), "--quiet"])
@@ -92,3 +92,23 @@ def test_explain_features_sensitivity_and_tabular_features(tmp_path, digits, dig
     assert "Feature attribution, test point 0" in (tmp_path / "tab" / "report.html").read_text()
     assert main(["explain", "--model", str(tmp_path / "model.ts"), "--train", str(tmp_path / "tr.npz"), "--test",
                  str(tmp_path / "te.npz"), "--features", "gradcam", "--quiet"]) == 2
+
+
+def test_explain_any_method_key_and_loss_methods_explain_the_prediction(tmp_path, digits, digits_mlp):
+    """Loss-based keys explain the loss of the *predicted* class: their top proponent has positive score."""
+    Xtr, ytr, Xte, yte = digits
+    torch.jit.script(digits_mlp).save(str(tmp_path / "model.ts"))
+    np.savez(tmp_path / "train.npz", X=Xtr[:300].numpy(), y=ytr[:300].numpy())
+    np.savez(tmp_path / "test.npz", X=Xte.numpy(), y=yte.numpy())
+    code = main(["explain", "--model", str(tmp_path / "model.ts"), "--train", str(tmp_path / "train.npz"),
+                 "--test", str(tmp_path / "test.npz"), "--methods", "rps-lje,influence-exact,grad-cos",
+                 "--points", "0,1", "--k", "2", "--overlap", "10", "--damping", "0.001", "--out",
+                 str(tmp_path / "out"), "--quiet"])
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "top_k.csv")))
+    methods = {r["method"] for r in rows}
+    assert len(methods) == 3
+    measured = json.loads((tmp_path / "out" / "top_k.json").read_text())["measurements"]
+    assert {m["quantity"] for m in measured.values()} == {"class logit", "test loss"}
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "influence-exact" in html and "grad-cos" in html and "explains the loss of class" in html

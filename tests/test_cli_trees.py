@@ -12,7 +12,7 @@ import torch
 import precedents as pc
 from precedents.adapters.trees import SUGGESTED_DAMPING, TreeHead, categorical_frame, load_tree_model, read_table
 from precedents.cli import main
-from precedents.datasets import load_german_credit
+from precedents.demos.datasets import load_german_credit
 
 xgb = pytest.importorskip("xgboost")
 
@@ -70,7 +70,7 @@ def test_explain_writes_report_and_the_same_precedents_as_the_python_api(saved, 
                "--out", str(out), "--quiet"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "RPS-LJE: precedents" in printed and "influence (head): precedents" in printed
+    assert "rps-lje: precedents" in printed and "influence-exact: precedents" in printed
     html = (out / "report.html").read_text()
     with open(out / "top_k.csv") as fh:
         records = list(csv.DictReader(fh))
@@ -119,7 +119,7 @@ def test_german_demo_writes_precedents_as_table_rows(tmp_path, capsys):
     out = tmp_path / "german"
     assert main(["demo", "--task", "german", "--out", str(out), "--k", "2", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "RPS-LJE: precedents" in printed and "credit_history" in printed
+    assert "rps-lje: precedents" in printed and "credit_history" in printed
     html = (out / "report.html").read_text()
     assert '<th scope="row">credit_amount</th>' in html
     with open(out / "top_k.csv") as fh:

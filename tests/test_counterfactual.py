@@ -9,7 +9,7 @@ import torch
 
 import precedents as pc
 from precedents.counterfactual import counterfactuals
-from precedents.datasets import load_breast_cancer, load_digits, load_german_credit, one_hot
+from precedents.demos.datasets import load_breast_cancer, load_digits, load_german_credit, one_hot
 
 pytest.importorskip("sklearn")
 
@@ -149,7 +149,7 @@ def test_non_tabular_and_bad_input(cancer):
 def test_multiclass_mlp_reaches_the_target_class():
     from sklearn.neural_network import MLPClassifier
 
-    from precedents.datasets import load_iris
+    from precedents.demos.datasets import load_iris
 
     X, y = load_iris()
     mlp = MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=500, random_state=0).fit(X, y)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from precedents import datasets
+from precedents.demos import datasets
 
 
 def _hide(monkeypatch: pytest.MonkeyPatch, module: str, spec: object = None) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import precedents as pc
-import precedents.datasets
+from precedents.demos import datasets
 from precedents.features import add_stroke, feature_attributions, tcav
 
 
@@ -80,7 +80,7 @@ def test_tabular_and_sigmoid_heads(digits, cancer, cancer_sigmoid):
 def _tcav_data(mnist_small):
     """Concept and random sets from the CNN's training images; the 900 images it never saw as inputs."""
     Xtr, ytr, _, _ = mnist_small
-    X, y = pc.datasets.load_mnist_small()
+    X, y = datasets.load_mnist_small()
     perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))   # the fixture's order
     Xte, yte = torch.from_numpy(X)[perm][4100:], torch.from_numpy(y)[perm][4100:]
     randoms = [Xtr[torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(r))[:80]] for r in range(4)]

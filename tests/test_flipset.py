@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import precedents as pc
-from precedents.datasets import load_breast_cancer
+from precedents.demos.datasets import load_breast_cancer
 from precedents.evaluate import LogisticRegressionRetrainer, fit_logistic_regression, warm_start_retrainer
 from precedents.evaluate.flipset import exhaustive_flip_sets, flip_set, flip_sets, unlearn
 

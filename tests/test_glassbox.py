@@ -11,7 +11,7 @@ import pytest
 
 import precedents as pc
 from precedents import glassbox as gb
-from precedents.datasets import load_compas, load_german_credit
+from precedents.demos.datasets import load_compas, load_german_credit
 
 pytest.importorskip("sklearn")
 pytest.importorskip("pandas")
@@ -113,8 +113,8 @@ def test_bad_input():
 
 
 def test_transparency_tables_render(compas):
+    from precedents.pipeline import transparency_tables
     from precedents.report import Report, render_html
-    from precedents.report.transparency import transparency_tables
 
     X, y = compas
     res = gb.compare(X.iloc[:1500], y[:1500], features=["age", "priors_count"], seed=1)

@@ -11,7 +11,7 @@ from torch import nn
 
 import precedents as pc
 from precedents import PrecedentsError
-from precedents.models import SequenceLSTM, sequence_logits, train_classifier
+from precedents.demos.models import SequenceLSTM, sequence_logits, train_classifier
 
 
 class _Logits(nn.Module):

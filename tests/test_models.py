@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from precedents import datasets, models
+from precedents.demos import datasets, models
 
 
 @pytest.fixture(scope="module")

@@ -362,3 +362,15 @@ def test_image_strips_render_grouped_and_escaped():
     assert "RPS-l2: &lt;sensitivity&gt;" in html and "a &amp; b" in html
     assert html.count('class="sgroup"') == 2 and ">POSITIVE</div>" in html
     assert html.count("data:image/png;base64") == 5          # the test card and the four strip images
+
+
+def test_cases_lead_and_tables_follow():
+    """The test points and their precedents come first; setup and diagnostics tables after them."""
+    image = np.zeros((4, 4))
+    case = Case("Misclassified", Example(7, "3", "5", image=image),
+                [MethodPanel("RPS-l2", [Example(1, "3", "3", 0.5, image=image)],
+                             [Example(2, "5", "5", -0.5, image=image)])])
+    html = render_html(Report("t", "intro", [Table("Cost (seconds)", ["method", "fit"], [["RPS-l2", 1.0]])],
+                              [case]))
+    assert html.index('id="case-1"') < html.index('id="details"') < html.index("Cost (seconds)")
+    assert '<a href="#details">' in html

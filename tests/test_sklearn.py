@@ -21,7 +21,7 @@ from sklearn.svm import LinearSVC
 import precedents as pc
 from precedents import PrecedentsError
 from precedents.adapters import head_adapter
-from precedents.datasets import load_breast_cancer, load_digits, load_iris
+from precedents.demos.datasets import load_breast_cancer, load_digits, load_iris
 from precedents.evaluate import pearson
 from precedents.linalg import head_hessian, link_probabilities
 from precedents.linalg.functional import LossGradients

@@ -15,7 +15,7 @@ import torch
 import precedents as pc
 from precedents.adapters import head_adapter
 from precedents.adapters.trees import TreeHead, categorical_frame
-from precedents.datasets import load_german_credit, load_iris, one_hot
+from precedents.demos.datasets import load_german_credit, load_iris, one_hot
 
 xgb = pytest.importorskip("xgboost")
 lgb = pytest.importorskip("lightgbm")

@@ -8,7 +8,7 @@ class (``target`` if given), each
 * **valid**: re-checked by calling the model on x' (``Counterfactual.probability`` is the model's own P(target));
 * **plausible**: immutable features (the user names them: age, sex, race) never change; categorical features take
   levels seen in training (a one-hot group switches as a whole, named ``column=level`` as
-  :func:`precedents.datasets.one_hot` names them, or passed in ``one_hot=``); integer counts stay integers;
+  :func:`precedents.demos.datasets.one_hot` names them, or passed in ``one_hot=``); integer counts stay integers;
   every value stays within the range seen in training;
 * **minimal**: distance ``sum_j |x'_j - x_j| / scale_j`` (scaled L1; ``scale_j`` the median absolute deviation of
   feature j in training, its standard deviation where the MAD is 0, 1 for categorical features: a level change
@@ -393,8 +393,8 @@ def counterfactuals(model: Any, X_train: Any, x: Any, *, n: int = 3, target: int
     predictor = _Model(model, table.to_input)
     if table.labels and predictor.module is not None:
         raise PrecedentsError(f"Columns {[names[j] for j in table.labels]} are categorical, which this model cannot "
-                              "read: pass the numeric matrix it was trained on (e.g. precedents.datasets.one_hot, "
-                              "whose 'column=level' groups are kept together).")
+                              "read: pass the numeric matrix it was trained on (e.g. "
+                              "precedents.demos.datasets.one_hot, whose 'column=level' groups are kept together).")
     units = _units(X, names, _one_hot_groups(names, one_hot), set(categorical) | {names[j] for j in table.labels},
                    None if integer is None else set(integer))
     known = {u.name for u in units} | set(names)

@@ -274,7 +274,7 @@ class SklearnHead(TorchHead):
                 X = X.to_numpy(dtype=np.float64)
             except (TypeError, ValueError) as err:
                 raise PrecedentsError(f"{name} has non-numeric columns ({err}); encode them as the model's "
-                                      "training data was (e.g. precedents.datasets.one_hot).") from err
+                                      "training data was (e.g. precedents.demos.datasets.one_hot).") from err
         elif hasattr(X, "toarray"):                       # scipy sparse
             X = X.toarray()
         if isinstance(X, torch.Tensor):

@@ -41,6 +41,8 @@ __all__ = [
 # A 28x28 MNIST digit is upscaled by 3 (84 px) in the cards and by 4 (112 px) for the test point.
 EXAMPLE_IMAGE_PX = 84
 TEST_IMAGE_PX = 112
+#: table cells with more characters than this wrap (diagnostics, setup notes)
+LONG_CELL = 80
 
 
 @dataclass
@@ -326,10 +328,14 @@ def _case(case: Case, number: int) -> str:
 def _table(table: Table) -> str:
     head = "".join(f'<th scope="col">{_esc(c)}</th>' for c in table.columns)
     body = []
+    def kind(value: object, text: str) -> str:
+        if _is_numeric(value):
+            return "num"
+        return "txt long" if len(text) > LONG_CELL else "txt"   # long text wraps instead of widening the table
+
     for row in table.rows:
-        cells = "".join(
-            f'<td class="{"num" if _is_numeric(v) else "txt"}">{_esc(format_value(v))}</td>' for v in row
-        )
+        texts = [format_value(v) for v in row]
+        cells = "".join(f'<td class="{kind(v, t)}">{_esc(t)}</td>' for v, t in zip(row, texts, strict=True))
         body.append(f"<tr>{cells}</tr>")
     cap = f'<p class="tcap">{_esc(table.caption)}</p>' if table.caption else ""
     return (
@@ -370,6 +376,7 @@ table.data th,table.data td{padding:5px 12px;border-bottom:1px solid #e6e9ed;tex
 white-space:nowrap}
 table.data thead th{border-bottom:2px solid #c9d1d9;background:#f6f8fa;font-weight:600}
 table.data td.num{text-align:right}
+table.data td.long{white-space:normal;min-width:50ch;max-width:100ch}
 table.data tbody tr:nth-child(even){background:#fafbfc}
 .tcap{font-size:12.5px;color:var(--muted);margin:8px 0 0}
 .casenum{display:inline-block;font-size:12px;font-weight:600;color:var(--muted);background:#eef1f4;
@@ -421,6 +428,7 @@ table.kv td{text-align:right;padding:1px 0}
 figure.extra{margin:0;font-size:11.5px;color:var(--muted)}
 figure.extra figcaption{margin-top:3px;max-width:140px}
 footer{font-size:12px;color:var(--muted);margin-top:8px}
+h2.part{font-size:19px;margin:28px 0 12px}
 .strip{border-top:1px solid var(--line);margin-top:14px;padding-top:10px}
 .sgroups,.sfigs{display:flex;flex-wrap:wrap;gap:10px}
 .sgroups{gap:18px}
@@ -441,12 +449,16 @@ def render_html(report: Report) -> str:
         "</div>"
     )
     nav = ""
-    if len(report.cases) > 1:
+    if len(report.cases) > 1 or (report.cases and report.tables):
         links = "".join(
             f'<a href="#case-{i}">{i}. {_esc(c.title)}</a>' for i, c in enumerate(report.cases, start=1)
         )
-        nav = f"<nav>Cases: {links}</nav>"
+        more = '<a href="#details">Setup and diagnostics</a>' if report.tables else ""
+        nav = f"<nav>Cases: {links}{more}</nav>"
+    # the cases lead; the setup and diagnostics tables follow them
     tables = "".join(_table(t) for t in report.tables)
+    if tables and report.cases:
+        tables = f'<h2 class="part" id="details">Setup and diagnostics</h2>{tables}'
     cases = "".join(_case(c, i) for i, c in enumerate(report.cases, start=1))
     footer = f"<footer>{_paragraphs(report.footer)}</footer>" if report.footer else ""
     return (
@@ -455,7 +467,7 @@ def render_html(report: Report) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_esc(report.title)}</title><style>{_CSS}</style></head>\n<body><main>"
         f'<header><h1>{_esc(report.title)}</h1><div class="intro">{_paragraphs(report.intro)}</div>'
-        f"{legend}</header>{nav}{tables}{cases}{footer}</main></body></html>\n"
+        f"{legend}</header>{nav}{cases}{tables}{footer}</main></body></html>\n"
     )
 
 

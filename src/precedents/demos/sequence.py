@@ -1,6 +1,6 @@
 """The recurrent demo: an LSTM reading MNIST images row by row, explained by RPS-l2, RPS-LJE and influence.
 
-``precedents demo --task lstm`` writes ``report.html``. The model (:class:`~precedents.models.SequenceLSTM`)
+``precedents demo --task lstm`` writes ``report.html``. The model (:class:`~precedents.demos.models.SequenceLSTM`)
 returns a tuple ``(logits, last hidden state)``, as recurrent models often do; every method reaches its logits
 through the task hook ``forward_fn=sequence_logits`` and explains its final ``nn.Linear`` (``fc``), whose input
 is the LSTM's last hidden state.
@@ -8,19 +8,21 @@ is the LSTM's last hidden state.
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..methods.registry import explainer
+from ..pipeline import fit_timed, run_method
+from ..report import Table, build_report, table_text, write_html
 from .datasets import load_mnist
-from .demo import choose_cases
-from .methods import InfluenceFunction, RepresenterL2, RepresenterLJE
+from .mnist import choose_cases
 from .models import default_cache_dir, load_or_train_sequence_lstm, sequence_logits
-from .report import Table, write_html
-from .report.build import MethodRun, attribute_timed, build_report, table_text
+
+#: the methods of this demo (registry keys); influence on the final layer (its default), exact Hessian
+KEYS = ("rps-l2", "rps-lje", "influence-exact")
 
 INTRO = """An LSTM reads each MNIST image as a sequence of 28 rows of 28 pixels; its last hidden state (64 numbers) \
 feeds the final linear layer, whose logits every method explains. The model's forward returns a tuple (logits, \
@@ -52,31 +54,23 @@ def run_lstm_demo(out_dir: str | Path = "out/demo-lstm", cache_dir: str | Path |
     fits: dict[str, tuple[Any, float]] = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        for name, make in (("RPS-l2", lambda: RepresenterL2(model, forward_fn=sequence_logits, progress=progress)),
-                           ("RPS-LJE", lambda: RepresenterLJE(model, forward_fn=sequence_logits, progress=progress)),
-                           ("influence (head)", lambda: InfluenceFunction(
-                               model, params="head", solver="exact", forward_fn=sequence_logits,
-                               progress=progress))):
-            start = time.perf_counter()
-            fits[name] = (make().fit(train), time.perf_counter() - start)
+        for key in KEYS:         # every method reaches the logits through the task hook
+            fits[key] = fit_timed(explainer(key, model, forward_fn=sequence_logits, progress=progress), *train)
     notes = sorted({str(w.message) for w in caught})
     for note in notes:
         print(f"warning: {note}")
 
-    l2, lje = fits["RPS-l2"][0], fits["RPS-LJE"][0]
+    l2 = fits["rps-l2"][0]
     with torch.no_grad():
         predictions = torch.cat([sequence_logits(model, X_test[s:s + 2000]).argmax(1)
                                  for s in range(0, len(X_test), 2000)])
     chosen = choose_cases(predictions, y_test)
     shown_ids = [i for _, i in chosen]
     shown = X_test[shown_ids]
-    runs = [attribute_timed("RPS-l2", l2, fits["RPS-l2"][1], shown, X_test[:n_overlap], k),
-            attribute_timed("RPS-LJE", lje, fits["RPS-LJE"][1], shown, X_test[:n_overlap], k)]
-    inf, inf_s = fits["influence (head)"]
-    start = time.perf_counter()
-    res = inf.attribute(shown, predictions[shown_ids])                 # the loss of the predicted label
-    res.top(k)
-    runs.append(MethodRun("influence (head)", inf, res, inf_s, time.perf_counter() - start))
+    runs = [run_method(name, fits[name][0], fits[name][1], shown, k=k, overlap_X=X_test[:n_overlap],
+                       fidelity_X=X_test[:2000]) for name in ("rps-l2", "rps-lje")]
+    inf, inf_s = fits["influence-exact"]
+    runs.append(run_method("influence-exact", inf, inf_s, shown, y=predictions[shown_ids], k=k))  # predicted loss
 
     setup = Table("Setup", ["item", "value"], [
         ["model", "SequenceLSTM: nn.LSTM(28 -> 64) over 28 rows, explained layer fc (64 features + bias); "
@@ -90,7 +84,7 @@ def run_lstm_demo(out_dir: str | Path = "out/demo-lstm", cache_dir: str | Path |
     ])
     report = build_report(
         "precedents: which training sequences does this LSTM's prediction rest on?", INTRO, runs,
-        fidelity_X=X_test[:2000], shown_labels=y_test[shown_ids], shown_ids=shown_ids,
+        shown_labels=y_test[shown_ids], shown_ids=shown_ids,
         cases=[(title, pos) for pos, (title, _) in enumerate(chosen)], train_display=X, train_labels=y,
         train_predictions=l2.model_logits_.argmax(1), shown_display=shown, k=k, extra_tables=[setup])
     path = write_html(report, out / "report.html")

@@ -233,7 +233,7 @@ def load_or_train_mnist_cnn(
         produced the weights), ``test_accuracy`` (on the MNIST test split), ``key`` (the hash),
         ``architecture`` (e.g. ``"conv16-conv32-fc64-fc10"``) and ``epochs``.
     """
-    from precedents.datasets import load_mnist
+    from .datasets import load_mnist
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     config, key = _mnist_cnn_key(epochs)
@@ -345,7 +345,7 @@ def load_or_train_sequence_lstm(
     on later calls. Returns ``(model, info)`` with ``path``, ``cached``, ``config``, ``train_seconds``,
     ``test_accuracy`` (10,000 MNIST test images), ``key``, ``epochs`` and ``n_train``.
     """
-    from precedents.datasets import load_mnist
+    from .datasets import load_mnist
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     config: dict[str, Any] = {"format": _CACHE_FORMAT, "model": "SequenceLSTM", "arch": _SEQ_LSTM_ARCH,

