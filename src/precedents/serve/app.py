@@ -361,7 +361,7 @@ def create_app(bundle: Bundle | str | Path, *, db: str | Path | None = None, tok
         if b.kind != "image":
             raise HTTPException(404, "this bundle's data are table rows, not images")
         default = max(1, 112 // max(1, int(b.manifest["data"]["display_shape"][0])))
-        scale = _qint(request, "s", default, 1, 16)
+        scale = _qint(request, "s", default, 1, 32)
         return Response(ex.image(which, i, scale), media_type="image/png",
                         headers={"Cache-Control": "private, max-age=86400, immutable"})
 

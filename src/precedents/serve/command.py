@@ -20,7 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="required to bind an address other than loopback (anyone who can reach it and has "
                              "the token can read the data and post decisions)")
     parser.add_argument("--db", default=None, help="SQLite file of review decisions (default DIR/review.sqlite)")
-    parser.add_argument("--token", default=None, help=argparse.SUPPRESS)
 
 
 def _is_loopback(host: str) -> bool:
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                               "other machines. Add --allow-remote if that is what you want.")
     if not 0 <= args.port <= 65535:
         raise PrecedentsError(f"--port must lie in 0..65535, got {args.port}.")
-    token = args.token or secrets.token_urlsafe(32)
+    token = secrets.token_urlsafe(32)
     app = create_app(Path(args.dir), db=args.db, token=token, check_host=loopback)
     family = socket.AF_INET6 if ":" in args.host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -42,12 +42,12 @@ class HeadRefitter:
 
     def __init__(self, bundle: Bundle, *, tol: float = 1e-8, max_iter: int = 50) -> None:
         self.bundle = bundle
-        self.F = np.asarray(bundle.array("train_features"))
-        self.F_test = np.asarray(bundle.array("test_features"))
+        self.F = np.array(bundle.array("train_features"))
+        self.F_test = np.array(bundle.array("test_features"))
         self.constant_column = bool(np.all(self.F[:, -1] == 1.0))
         self.weight_decay = float(bundle.manifest.get("weight_decay", 0.0))
         self.n_classes = bundle.n_classes
-        theta = torch.as_tensor(np.asarray(bundle.array("theta")), dtype=torch.float64)
+        theta = torch.tensor(np.array(bundle.array("theta")), dtype=torch.float64)
         if theta.shape[0] == 1:                  # sigmoid head as two-class softmax
             theta = torch.cat([-theta / 2, theta / 2])
         self.theta0 = theta
