@@ -53,3 +53,13 @@ def build_digits_bundle(directory: Path, k: int = 20) -> Path:
             description="sklearn's 8x8 digits, 1,200 training images, 597 test images.",
             model_description="MLP 64-24-10 (ReLU), head refit to the exact l2 optimum",
             data_description="sklearn digits (8x8 grey images)", weight_decay=WEIGHT_DECAY)
+
+
+_SHARED: dict[str, Path] = {}
+
+
+def shared_bundle(tmp_path_factory) -> Path:
+    """One digits bundle per test session, shared by the serve test modules (it is read-only)."""
+    if "digits" not in _SHARED:
+        _SHARED["digits"] = build_digits_bundle(tmp_path_factory.mktemp("serve") / "explorer")
+    return _SHARED["digits"]

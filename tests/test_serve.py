@@ -19,8 +19,6 @@ pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 
 import httpx  # noqa: E402
-from serve_bundle import build_digits_bundle, digits_model  # noqa: E402
-from serve_server import Server  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 import precedents as pc  # noqa: E402
@@ -30,11 +28,13 @@ from precedents.serve.app import create_app  # noqa: E402
 from precedents.serve.command import main as serve_main  # noqa: E402
 from precedents.serve.decisions import DecisionStore  # noqa: E402
 from precedents.serve.refit import HeadRefitter, apply_decisions, verify_claim  # noqa: E402
+from serve_bundle import digits_model, shared_bundle  # noqa: E402
+from serve_server import Server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory) -> Path:
-    return build_digits_bundle(tmp_path_factory.mktemp("serve") / "explorer")
+    return shared_bundle(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -195,40 +195,38 @@ def test_verify_single_removals_follow_influence(bundle):
 
 # -- a real server: concurrency, SIGKILL, restart -----------------------------------------------------------
 
-def test_twenty_concurrent_clients(bundle_dir, tmp_path):
+def test_concurrent_clients_then_sigkill_mid_write_then_restart(bundle_dir, tmp_path):
+    """20 clients post 200 decisions at once: all stored, one history row each. Then 4 writers post while the
+    server is SIGKILLed: after a restart every acknowledged decision is there."""
     db = tmp_path / "review.sqlite"
-    with Server(bundle_dir, db) as server:
-        acks: list[dict] = []
-        errors: list[str] = []
+    server = Server(bundle_dir, db)
+    acks: list[dict] = []
+    errors: list[str] = []
 
-        def client(c: int) -> None:
-            with httpx.Client(base_url=server.base, headers=server.headers(), timeout=30) as h:
-                for j in range(10):
-                    i = c * 10 + j
-                    r = h.post("/api/decisions", json={"train_index": i, "action": "relabel", "label": i % 10})
-                    (acks.append(r.json()["decision"]) if r.status_code == 200 else errors.append(r.text))
+    def client(c: int) -> None:
+        with httpx.Client(base_url=server.base, headers=server.headers(), timeout=30) as h:
+            for j in range(10):
+                i = c * 10 + j
+                r = h.post("/api/decisions", json={"train_index": i, "action": "relabel", "label": i % 10})
+                (acks.append(r.json()["decision"]) if r.status_code == 200 else errors.append(r.text))
 
-        threads = [threading.Thread(target=client, args=(c,)) for c in range(20)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        assert errors == [] and len(acks) == 200
-        got = httpx.get(server.base + "/api/decisions", headers=server.headers()).json()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(20)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == [] and len(acks) == 200
+    got = httpx.get(server.base + "/api/decisions", headers=server.headers()).json()
     assert {(d["train_index"], d["label"]) for d in got["decisions"]} == {(i, i % 10) for i in range(200)}
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM history").fetchone()[0] == 200
 
-
-def test_sigkill_during_writes_loses_no_acknowledged_decision(bundle_dir, tmp_path):
-    db = tmp_path / "review.sqlite"
-    server = Server(bundle_dir, db)
     acked: list[tuple[int, str]] = []
     stop = threading.Event()
 
     def writer(c: int) -> None:
         with httpx.Client(base_url=server.base, headers=server.headers(), timeout=10) as h:
-            for i in range(c, 1200, 4):
+            for i in range(200 + c, 1200, 4):
                 if stop.is_set():
                     return
                 action = ("remove", "correct")[i % 2]
@@ -244,7 +242,7 @@ def test_sigkill_during_writes_loses_no_acknowledged_decision(bundle_dir, tmp_pa
         th.start()
     deadline = time.monotonic() + 20
     while len(acked) < 40 and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.01)
     server.kill()                                  # mid-write: no shutdown handler runs
     stop.set()
     for th in threads:
@@ -254,6 +252,7 @@ def test_sigkill_during_writes_loses_no_acknowledged_decision(bundle_dir, tmp_pa
         got = httpx.get(again.base + "/api/decisions", headers=again.headers()).json()["decisions"]
     stored = {(d["train_index"], d["action"]) for d in got}
     assert set(acked) <= stored
+    assert {(i, "relabel") for i in range(200)} <= stored
 
 
 def test_json_api_mirrors_the_pages(client, bundle):

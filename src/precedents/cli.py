@@ -504,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--out", default="out/debug")
     db.add_argument("--seed", type=int, default=0, help="seed of 'random' and of the stochastic solvers")
     db.add_argument("--quiet", action="store_true")
+    from .serve.command import add_arguments as serve_arguments
+
+    serve_arguments(sub.add_parser("serve", help="local web explorer over what demo/explain wrote to DIR"))
     return parser
 
 
@@ -527,6 +530,10 @@ def main(argv: list[str] | None = None) -> int:
             return evaluate(args)
         if args.command == "debug":
             return debug(args)
+        if args.command == "serve":
+            from .serve.command import run as serve
+
+            return serve(args)
         return explain(args)
     except PrecedentsError as err:
         print(f"precedents: error: {err}", file=sys.stderr)

@@ -388,7 +388,8 @@ class Bundle:
             scores = np.asarray(self.method_array(key, f"{kind}_score")[t, c])
             out["positive" if kind == "pos" else "negative"] = [
                 {"train_index": int(i), "score": float(s), "label": int(self.train_labels[i]),
-                 "prediction": int(self.train_pred[i]), "model_correct": bool(self.train_pred[i] == self.train_labels[i])}
+                 "prediction": int(self.train_pred[i]),
+                 "model_correct": bool(self.train_pred[i] == self.train_labels[i])}
                 for i, s in zip(idx, scores, strict=True)]
         return out
 
