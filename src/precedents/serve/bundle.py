@@ -358,12 +358,12 @@ class Bundle:
         self.class_names: list[str] = manifest["class_names"]
         self.k: int = manifest["k"]
         self.kind: str = manifest["data"]["display"]
-        self.test_labels = np.asarray(self.array("test_labels"))
-        self.test_probs = np.asarray(self.array("test_probs"))
+        self.test_labels = np.array(self.array("test_labels"))
+        self.test_probs = np.array(self.array("test_probs"))
         self.test_pred = self.test_probs.argmax(1)
         self.test_conf = self.test_probs.max(1)
-        self.train_labels = np.asarray(self.array("train_labels"))
-        self.train_pred = np.asarray(self.array("train_predictions"))
+        self.train_labels = np.array(self.array("train_labels"))
+        self.train_pred = np.array(self.array("train_predictions"))
 
     def array(self, name: str) -> np.ndarray:
         return self._arrays[name]

