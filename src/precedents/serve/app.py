@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import html
 import logging
 import math
 import secrets
@@ -99,6 +100,11 @@ class Explorer:
 # Security
 # ---------------------------------------------------------------------------------------------------------
 
+def _same(given: str, secret: str) -> bool:
+    """Constant-time comparison that also takes non-ASCII input (refused, never an error)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode())
+
+
 def _hostname(host: str) -> str:
     """The host part of a Host header: ``[::1]:8000`` -> ``[::1]``, ``127.0.0.1:8000`` -> ``127.0.0.1``."""
     if host.startswith("["):
@@ -115,9 +121,9 @@ class Guard(BaseHTTPMiddleware):
             return PlainTextResponse("Forbidden: this server answers only to 127.0.0.1 / localhost.", 403)
         given = request.query_params.get("token")
         bearer = request.headers.get("authorization", "")
-        by_header = bearer.startswith("Bearer ") and hmac.compare_digest(bearer[7:].strip(), ex.token)
-        by_cookie = hmac.compare_digest(request.cookies.get(ex.cookie, ""), ex.token)
-        if given is not None and request.method == "GET" and hmac.compare_digest(given, ex.token):
+        by_header = bearer.startswith("Bearer ") and _same(bearer[7:].strip(), ex.token)
+        by_cookie = _same(request.cookies.get(ex.cookie, ""), ex.token)
+        if given is not None and request.method == "GET" and _same(given, ex.token):
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
             target = request.url.path + ("?" + urlencode(rest) if rest else "")
             resp = RedirectResponse(target, status_code=303)
@@ -134,7 +140,7 @@ class Guard(BaseHTTPMiddleware):
             origin = request.headers.get("origin")
             if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host')}":
                 return JSONResponse({"error": "cross-origin request refused"}, 403)
-            if not hmac.compare_digest(request.headers.get("x-csrf-token", ""), ex.csrf):
+            if not _same(request.headers.get("x-csrf-token", ""), ex.csrf):
                 return JSONResponse({"error": "missing or wrong X-CSRF-Token"}, 403)
         response = await call_next(request)
         response.headers["Content-Security-Policy"] = ("default-src 'self'; img-src 'self' data:; "
@@ -447,7 +453,10 @@ def create_app(bundle: Bundle | str | Path, *, db: str | Path | None = None, tok
         detail = getattr(exc, "detail", "error") if code < 500 else "internal error"
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": detail}, code)
-        return PlainTextResponse(f"{code}: {detail}", code)
+        text = html.escape(f"{code}: {detail}")
+        return HTMLResponse(f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{code}</title>"
+                            f"<link rel=stylesheet href=/static/style.css></head><body><main><h1>{text}</h1>"
+                            "<p><a href=/>Back to the overview</a></p></main></body></html>", code)
 
     routes = [
         Route("/", overview),
