@@ -281,3 +281,19 @@ def test_json_api_mirrors_the_pages(client, bundle):
     assert json.loads(json.dumps(ov))                      # plain JSON throughout
     png = client.get("/img/test/3.png")
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_writer_refuses_bad_input(tmp_path):
+    from precedents.serve import write_explorer_bundle
+
+    model, train, test = digits_model()
+    est = pc.RepresenterL2(model, progress=False).fit(train)
+    with pytest.raises(pc.PrecedentsError, match="lowercase"):
+        write_explorer_bundle(tmp_path / "b", model, train, test, {"../evil": est})
+    with pytest.raises(pc.PrecedentsError, match="at least one"):
+        write_explorer_bundle(tmp_path / "b", model, train, test, {})
+    with pytest.raises(pc.PrecedentsError, match="class_names"):
+        write_explorer_bundle(tmp_path / "b", model, train, test, {"rps-l2": est}, class_names=["a", "b"])
+    assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []     # nothing half-written
+    with pytest.raises(pc.PrecedentsError, match="no explorer bundle"):
+        Bundle(tmp_path)
