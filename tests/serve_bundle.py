@@ -52,7 +52,8 @@ def build_digits_bundle(directory: Path, k: int = 20) -> Path:
             test_display=test[0].reshape(-1, 8, 8), k=k, title="digits: an MLP explained",
             description="sklearn's 8x8 digits, 1,200 training images, 597 test images.",
             model_description="MLP 64-24-10 (ReLU), head refit to the exact l2 optimum",
-            data_description="sklearn digits (8x8 grey images)", weight_decay=WEIGHT_DECAY)
+            data_description="sklearn digits (8x8 grey images)", weight_decay=WEIGHT_DECAY,
+            feature_maps=("saliency",))
 
 
 _SHARED: dict[str, Path] = {}

@@ -78,6 +78,18 @@ def test_bundle_matches_the_library(bundle):
     assert abs(np.trace(bundle.confusion()) / bundle.n_test - bundle.manifest["test_accuracy"]) < 1e-12
 
 
+def test_saliency_map_is_the_input_gradient_of_the_predicted_logit(bundle, client):
+    model, _, test = digits_model()
+    t = 11
+    x = test[0][t:t + 1].clone().requires_grad_(True)
+    model(x)[0, int(bundle.test_pred[t])].backward()
+    np.testing.assert_allclose(bundle.array("map-saliency")[t], x.grad.reshape(8, 8).numpy(), rtol=1e-5, atol=1e-7)
+    login(client)
+    assert client.get(f"/img/map-saliency/{t}.png").content[:4] == b"\x89PNG"
+    assert client.get(f"/img/map-ig/{t}.png").status_code == 404
+    assert 'src="/img/map-saliency/' in client.get(f"/test/{t}").text
+
+
 def test_reverse_lookup_is_the_stored_topk_inverted(bundle):
     key, i = "influence-exact", int(np.argmax(bundle.method_array("influence-exact", "self_influence")))
     got = bundle.reverse_lookup(key, i, limit=10**6)

@@ -76,7 +76,7 @@ def test_explore_review_restart_export_apply(bundle_dir, tmp_path, page):
         other = (int(bundle.test_pred[t]) + 1) % 10
         page.select_option("#switch-class", str(other))
         page.click("form.switch button")
-        assert f"Precedents for class {other}" in page.locator("h2").first.inner_text()
+        assert f"Precedents for class {other}" in page.locator("#precedents-title").inner_text()
         shown = [int(a.get_attribute("data-train")) for a in cols.nth(0).locator(".strip.positive .prec").all()]
         assert shown == bundle.method_array("rps-l2", "pos_idx")[t, other, :10].tolist()
 

@@ -34,7 +34,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from .._validation import PrecedentsError
-from ..report.png import encode_png, upscale
+from ..report.png import encode_png, signed_to_rgb, upscale
 from .bundle import Bundle
 from .decisions import DecisionStore
 from .refit import HeadRefitter, apply_decisions, verify_claim
@@ -92,7 +92,10 @@ class Explorer:
         return self._orders[key]
 
     def _image(self, which: str, i: int, scale: int) -> bytes:
-        arr = np.asarray(self.bundle.array(f"{which}_display")[i])
+        if which.startswith("map-"):           # a signed feature map: red supports, blue opposes
+            arr = signed_to_rgb(np.asarray(self.bundle.array(which)[i], dtype=np.float64))
+        else:
+            arr = np.asarray(self.bundle.array(f"{which}_display")[i])
         return encode_png(upscale(arr, scale), compress_level=1)
 
 
@@ -361,6 +364,8 @@ def create_app(bundle: Bundle | str | Path, *, db: str | Path | None = None, tok
         if which == "train":
             _train_id(b, i)
         elif which == "test":
+            _test_id(b, i)
+        elif which.startswith("map-") and which[4:] in b.feature_maps:
             _test_id(b, i)
         else:
             raise HTTPException(404, "images are /img/train/ID.png or /img/test/ID.png")

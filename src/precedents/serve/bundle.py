@@ -182,6 +182,24 @@ def _method_topk(est: Any, X_test: torch.Tensor, n_classes: int, k: int, chunk: 
     return arrays, first
 
 
+def _feature_maps(put: Any, model: Any, X_test: torch.Tensor, shape: tuple[int, ...], names: list[str],
+                  forward_fn: Any, chunk: int) -> None:
+    """Feature-attribution maps of every test point for its predicted class, as ``map-<name>`` (n_test, H, W)."""
+    from ..features import feature_attributions
+
+    out = {name: np.zeros((len(X_test), *shape), np.float32) for name in names}
+    for s in range(0, len(X_test), chunk):
+        maps = feature_attributions(model, X_test[s:s + chunk], None, names, forward_fn=forward_fn)
+        for name in names:
+            m = _np(maps[name])
+            m = m.reshape(len(m), -1, *shape).sum(1) if m[0].size % (shape[0] * shape[1]) == 0 else None
+            if m is None:
+                raise PrecedentsError(f"feature map {name}: the inputs do not match the display images {shape}.")
+            out[name][s:s + chunk] = m
+    for name in names:
+        put(f"map-{name}", out[name])
+
+
 def _probabilities(logits: np.ndarray, link: str) -> np.ndarray:
     if logits.shape[1] == 1:
         p1 = 1 / (1 + np.exp(-logits[:, 0]))
@@ -197,7 +215,8 @@ def write_explorer_bundle(directory: str | os.PathLike, model: Any, train: tuple
                           title: str = "precedents explorer", description: str = "",
                           model_description: str = "", data_description: str = "", weight_decay: float = 0.0,
                           layer: str | None = None, forward_fn: Any = None, batch_size: int = 256,
-                          chunk: int = 512, progress: bool = False) -> Path:
+                          chunk: int = 512, feature_maps: tuple[str, ...] | list[str] = (),
+                          progress: bool = False) -> Path:
     """Write the bundle that ``precedents serve`` reads (see the module docstring for the layout).
 
     Args:
@@ -213,6 +232,9 @@ def write_explorer_bundle(directory: str | os.PathLike, model: Any, train: tuple
             (n, H, W, C) or (n, C, H, W), anything else as table rows.
         weight_decay: the l2 strength of the head's training objective (mean loss + wd/2 ||theta||^2), used when
             the explorer refits the head on frozen features (review "apply", "verify a claim").
+        feature_maps: image data only: feature-attribution methods of :func:`precedents.feature_attributions`
+            (e.g. ``("saliency", "ig")``, needs captum) computed for every test point's predicted class and shown
+            beside its precedents; each map is summed over channels to the display's height and width.
     """
     from ..adapters import head_adapter
 
@@ -273,6 +295,11 @@ def write_explorer_bundle(directory: str | os.PathLike, model: Any, train: tuple
         put("train_predictions", train_pred.astype(np.int64))
         put("train_features", _np(train_run.features).astype(np.float64))
         put("theta", _np(head.theta()).astype(np.float64))
+        maps = list(feature_maps)
+        if maps:
+            if kind != "image":
+                raise PrecedentsError("feature_maps apply to image data; this bundle's data are table rows.")
+            _feature_maps(put, model, X_test, te_disp.shape[1:3], maps, forward_fn, chunk)
         method_entries = []
         for key, est in methods.items():
             t0 = time.perf_counter()
@@ -299,7 +326,8 @@ def write_explorer_bundle(directory: str | os.PathLike, model: Any, train: tuple
             "class_names": list(class_names) if class_names is not None else [str(c) for c in range(n_classes)],
             "test_accuracy": float((pred[known] == labels_test[known]).mean()) if known.any() else None,
             "train_accuracy": float((train_pred == _np(y)).mean()),
-            "k": k, "weight_decay": float(weight_decay), "methods": method_entries, "arrays": entries,
+            "k": k, "weight_decay": float(weight_decay), "methods": method_entries, "feature_maps": maps,
+            "arrays": entries,
             "seconds_to_write": time.perf_counter() - start_time,
         }
         manifest["fingerprint"] = hashlib.sha256(json.dumps(
@@ -358,6 +386,7 @@ class Bundle:
         self.class_names: list[str] = manifest["class_names"]
         self.k: int = manifest["k"]
         self.kind: str = manifest["data"]["display"]
+        self.feature_maps: list[str] = list(manifest.get("feature_maps", []))
         self.test_labels = np.array(self.array("test_labels"))
         self.test_probs = np.array(self.array("test_probs"))
         self.test_pred = self.test_probs.argmax(1)
