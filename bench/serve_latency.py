@@ -75,9 +75,9 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true")
     args = parser.parse_args()
     import httpx
-    from serve_server import Server
 
     from precedents.serve import Bundle
+    from serve_server import Server
 
     out = Path(args.out)
     built = None
