@@ -3,6 +3,7 @@ exact optimum of its l2-regularised loss, explained by RPS-l2, RPS-LJE and exact
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,9 @@ WEIGHT_DECAY = 1e-3
 N_TRAIN = 1200
 
 
+@functools.lru_cache(maxsize=1)
 def digits_model() -> tuple[nn.Module, tuple, tuple]:
+    """(model, (X, y), (X_test, y_test)), trained once per session; callers must not modify them."""
     X, y = load_digits(return_X_y=True)
     X = torch.tensor(X / 16.0, dtype=torch.float32)
     y = torch.tensor(y, dtype=torch.long)
