@@ -70,7 +70,7 @@ def test_bundle_matches_the_library(bundle):
             np.testing.assert_array_equal(bundle.method_array("rps-l2", "pos_idx")[t, c], top.positive_indices[j])
             np.testing.assert_allclose(bundle.method_array("rps-l2", "neg_score")[t, c],
                                        top.negative_scores[j].numpy(), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(bundle.method_array("rps-l2", "self_influence"), est.self_importance().numpy())
+    np.testing.assert_allclose(bundle.method_array("rps-l2", "self_influence"), est.self_influence().numpy())
     for key in bundle.methods:       # most extreme first
         assert (np.diff(bundle.method_array(key, "pos_score"), axis=2) <= 0).all()
         assert (np.diff(bundle.method_array(key, "neg_score"), axis=2) >= 0).all()
@@ -274,7 +274,7 @@ def test_json_api_mirrors_the_pages(client, bundle):
     login(client)
     ov = client.get("/api/overview").json()
     assert [m["key"] for m in ov["methods"]] == ["rps-l2", "rps-lje", "influence-exact"]
-    assert {m["units"] for m in ov["methods"]} == {"logit", "loss (nats)"}
+    assert [m["measurement"]["quantity"] for m in ov["methods"]] == ["class logit", "class logit", "test loss"]
     wrong = client.get("/api/tests?wrong=1&size=500").json()
     assert wrong["total"] == int(((bundle.test_labels != bundle.test_pred)).sum())
     assert all(it["label"] != it["prediction"] for it in wrong["items"])
@@ -290,7 +290,7 @@ def test_json_api_mirrors_the_pages(client, bundle):
     assert s == sorted(s, reverse=True) and s[0] == pytest.approx(
         float(np.max(bundle.method_array("influence-exact", "self_influence"))))
     v = client.get("/api/verify/3?method=rps-l2&n=3").json()
-    assert len(v["removed"]) == 3 and v["units"] == "logit"
+    assert len(v["removed"]) == 3 and v["units"] == bundle.methods["rps-l2"]["units"]
     assert json.loads(json.dumps(ov))                      # plain JSON throughout
     png = client.get("/img/test/3.png")
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"

@@ -45,7 +45,7 @@ def test_explore_review_restart_export_apply(bundle_dir, tmp_path, page):
         accuracy = f"{100 * bundle.manifest['test_accuracy']:.2f}%"
         assert page.locator("#test-accuracy").inner_text() == accuracy
         assert page.locator(".card.method").count() == len(bundle.methods)
-        assert "loss (nats)" in page.locator("#method-influence-exact").inner_text()
+        assert "nats of test loss" in page.locator("#method-influence-exact").inner_text()
         conf = bundle.confusion()
         i, j = 1, 9                                   # the largest off-diagonal cell of this model
         page.click(f'#confusion a[data-true="{i}"][data-pred="{j}"]')

@@ -40,7 +40,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,73 +113,68 @@ def display_array(X: Any) -> tuple[np.ndarray, str]:
     return np.ascontiguousarray(a.reshape(len(a), -1).astype(np.float64)), "table"
 
 
-def _units(est: Any, attribution: Any) -> tuple[str, str]:
-    """(units, sign sentence) of an explainer's scores, stated once for the overview."""
-    units = getattr(attribution, "units", "logit")
-    if units == "loss":
-        return ("loss (nats)", "Positive: removing the training example is predicted to raise the test loss of the "
-                "explained class (it supports that class); negative: it opposes it. Scores add to the test loss "
-                "only to first order.")
-    return ("logit", "Positive: the training example's contribution to the explained class's logit (supports it); "
-            "negative: it opposes it. All training examples' scores add up to the explained head's logit.")
+def _measurement(est: Any) -> dict[str, Any]:
+    """What the method's scores measure (quantity, units, sign, additive), stated once for the overview."""
+    return _jsonable(est.measurement.to_dict())
 
 
 def _self_scores(est: Any) -> np.ndarray:
-    fn = getattr(est, "self_influence", None) or getattr(est, "self_importance", None)
-    if fn is None:
-        raise PrecedentsError(f"{type(est).__name__} has no self_influence(): it cannot rank the review queue.")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return _np(fn()).astype(np.float64).reshape(-1)
+        return _np(est.self_influence()).astype(np.float64).reshape(-1)
 
 
-def _diagnostics(est: Any, X_test: Any) -> dict[str, Any]:
-    """The method's own ``diagnostics()`` when it has one; otherwise the facts its fitted attributes hold."""
-    if callable(getattr(est, "diagnostics", None)):
-        return _jsonable(est.diagnostics()) or {}
-    out: dict[str, Any] = {}
-    if callable(getattr(est, "fidelity", None)):
-        out.update({f"test {k.replace('_', ' ')}": v for k, v in est.fidelity(X_test).items()})
-    for name in ("hessian_condition_", "stationarity_", "relative_stationarity_", "weight_decay_", "n_train_"):
-        value = getattr(est, name, None)
-        if value is not None and not isinstance(value, torch.Tensor):
-            out[name.rstrip("_").replace("_", " ")] = value
-    solver = getattr(est, "solver_", None)
-    if solver is not None and isinstance(getattr(solver, "info", None), Mapping):
-        out.update({f"solver {k}": v for k, v in solver.info.items()})
-    return _jsonable(out) or {}
+def _diagnostics(est: Any) -> dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = _jsonable(est.diagnostics()) or {}
+    out.pop("measurement", None)                 # stated once, beside the method
+    return out
 
 
 def _attribute(est: Any, X: Any, c: int) -> Any:
-    """Attribution of ``X`` for class ``c``: the target logit (representers) or the loss of label c (loss-based
-    methods, whose ``attribute`` takes the labels whose loss is explained)."""
-    import inspect
-
-    target = torch.full((len(X),), c, dtype=torch.long)
-    params = inspect.signature(est.attribute).parameters
-    if "target" in params and "y" not in params:
-        return est.attribute(X, target=target)
-    return est.attribute(X, target)
+    """Attribution of ``X`` for class ``c``: its logit (logit-based methods) or the loss of label c (loss-based)."""
+    return est.attribute(X, target=torch.full((len(X),), c, dtype=torch.long))
 
 
-def _method_topk(est: Any, X_test: torch.Tensor, n_classes: int, k: int, chunk: int) -> tuple[dict[str, np.ndarray],
-                                                                                            Any]:
+#: Names shown on the pages for the registry's keys (others are shown by their key).
+DISPLAY_NAMES = {"rps-l2": "RPS-l2", "rps-lje": "RPS-LJE", "influence-exact": "influence (exact)",
+                 "influence-cg": "influence (CG)", "influence-lissa": "influence (LiSSA)",
+                 "influence-arnoldi": "influence (Arnoldi)", "tracin": "TracIn", "grad-dot": "grad-dot",
+                 "grad-cos": "grad-cos"}
+
+
+def _registry_info(est: Any) -> dict[str, Any]:
+    """Display name, one-line summary and paper of the estimator's registered method."""
+    from ..methods.registry import method_info
+
+    key = str(getattr(est, "key", ""))
+    try:
+        info = method_info(key).to_dict()
+    except PrecedentsError:
+        return {"name": type(est).__name__}
+    return {"name": DISPLAY_NAMES.get(key, key), "summary": info["summary"], "paper": info["paper"]}
+
+
+def _params(est: Any) -> dict[str, Any]:
+    return {k: v for k, v in est.get_params().items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+def _method_topk(est: Any, X_test: torch.Tensor, n_classes: int, k: int, chunk: int) -> dict[str, np.ndarray]:
     n = len(X_test)
     arrays = {"pos_idx": np.zeros((n, n_classes, k), np.int32), "pos_score": np.zeros((n, n_classes, k), np.float32),
               "neg_idx": np.zeros((n, n_classes, k), np.int32), "neg_score": np.zeros((n, n_classes, k), np.float32),
               "explained": np.zeros((n, n_classes), np.float64)}
-    first = None
     for c in range(n_classes):
         for s in range(0, n, chunk):
             att = _attribute(est, X_test[s:s + chunk], c)
-            first = first or att
             top = att.top(k)
             arrays["pos_idx"][s:s + chunk, c] = _np(top.positive_indices)
             arrays["pos_score"][s:s + chunk, c] = _np(top.positive_scores)
             arrays["neg_idx"][s:s + chunk, c] = _np(top.negative_indices)
             arrays["neg_score"][s:s + chunk, c] = _np(top.negative_scores)
             arrays["explained"][s:s + chunk, c] = _np(att.explained).astype(np.float64)
-    return arrays, first
+    return arrays
 
 
 def _feature_maps(put: Any, model: Any, X_test: torch.Tensor, shape: tuple[int, ...], names: list[str],
@@ -210,7 +205,8 @@ def _probabilities(logits: np.ndarray, link: str) -> np.ndarray:
 
 
 def write_explorer_bundle(directory: str | os.PathLike, model: Any, train: tuple[Any, Any], test: tuple[Any, Any],
-                          methods: Mapping[str, Any], *, train_display: Any = None, test_display: Any = None,
+                          methods: Mapping[str, Any] | Sequence[Any], *, train_display: Any = None,
+                          test_display: Any = None,
                           k: int = 20, class_names: list[str] | None = None, feature_names: list[str] | None = None,
                           title: str = "precedents explorer", description: str = "",
                           model_description: str = "", data_description: str = "", weight_decay: float = 0.0,
@@ -224,8 +220,9 @@ def write_explorer_bundle(directory: str | os.PathLike, model: Any, train: tuple
         model: the explained classifier (any family :func:`~precedents.adapters.head_adapter` takes).
         train: ``(X, y)`` the training set the explainers were fitted on (same order).
         test: ``(X_test, y_test)``; ``y_test`` may be None (accuracy and "misclassified" are then unknown).
-        methods: ``{key: fitted explainer}``; keys are lowercase ``[a-z0-9-]`` (e.g. the registry keys
-            ``"rps-l2"``, ``"rps-lje"``, ``"influence-cg"``). Each explainer's top-``k`` positive and negative
+        methods: fitted explainers, as a list (each shown under its registry key, ``est.key``) or as
+            ``{key: est}``; keys are lowercase ``[a-z0-9-]`` (e.g. ``"rps-l2"``, ``"rps-lje"``, ``"influence-cg"``).
+            Each explainer's top-``k`` positive and negative
             precedents are computed for every test point and every class (``"why not c?"``), plus its
             self-influence and diagnostics. Cost: ``n_classes`` attributions of the whole test set per method.
         train_display, test_display: what pages show (default: the inputs themselves); images as (n, H, W),
@@ -240,7 +237,12 @@ def write_explorer_bundle(directory: str | os.PathLike, model: Any, train: tuple
 
     start_time = time.perf_counter()
     if not methods:
-        raise PrecedentsError("write_explorer_bundle needs at least one fitted explainer in methods={key: est}.")
+        raise PrecedentsError("write_explorer_bundle needs at least one fitted explainer in methods.")
+    if not isinstance(methods, Mapping):
+        listed = list(methods)
+        methods = {str(est.key): est for est in listed}
+        if len(methods) < len(listed):
+            raise PrecedentsError("Two explainers share a registry key: pass methods={key: est} with distinct keys.")
     bad = [key for key in methods if not KEY_PATTERN.match(str(key))]
     if bad:
         raise PrecedentsError(f"Method keys must be lowercase letters, digits and '-' (e.g. 'rps-l2'); got {bad}.")
@@ -303,14 +305,17 @@ def write_explorer_bundle(directory: str | os.PathLike, model: Any, train: tuple
         method_entries = []
         for key, est in methods.items():
             t0 = time.perf_counter()
-            arrays, att = _method_topk(est, X_test, n_classes, k, chunk)
+            arrays = _method_topk(est, X_test, n_classes, k, chunk)
             for name, arr in arrays.items():
                 put(f"method-{key}/{name}", arr)
             put(f"method-{key}/self_influence", _self_scores(est))
-            units, sign = _units(est, att)
-            method_entries.append({"key": str(key), "name": str(getattr(att, "method", key)), "class":
-                                   type(est).__name__, "units": units, "sign": sign,
-                                   "diagnostics": _diagnostics(est, X_test),
+            measurement = _measurement(est)
+            info = _registry_info(est)
+            method_entries.append({"key": str(key), "name": info.get("name", str(key)), "summary":
+                                   info.get("summary", ""), "paper": info.get("paper", ""), "class":
+                                   type(est).__name__, "units": measurement["units"], "sign": measurement["sign"],
+                                   "measurement": measurement, "params": _jsonable(_params(est)),
+                                   "diagnostics": _diagnostics(est),
                                    "seconds_to_precompute": time.perf_counter() - t0})
         pred = probs.argmax(1)
         known = labels_test >= 0

@@ -137,12 +137,16 @@ def verify_claim(refitter: HeadRefitter, key: str, t: int, c: int, n_remove: int
 
     Prediction: the removed examples' scores say how much they contribute; removing them changes a logit-unit
     output by ``-sum(scores)`` (the representer decomposition) and a loss-unit output (influence: the loss of
-    label c) by ``+sum(scores)`` (first-order, additive). Actual: the same output under the refit head minus under
+    label c, nats) by ``+sum(scores)`` (first-order, additive); scores in other units (TracIn, gradient
+    similarity) predict no amount (``predicted_change`` None), only that removing proponents raises the loss.
+    Actual: the same output under the refit head minus under
     the reference refit (both on frozen features).
     """
     b = refitter.bundle
     method = b.methods[key]
-    loss = method["units"].startswith("loss")
+    measurement = method.get("measurement", {})
+    loss = measurement.get("quantity") != "class logit"
+    in_loss_units = str(measurement.get("units", "")).startswith("nats")
     idx = np.asarray(b.method_array(key, "pos_idx" if kind == "positive" else "neg_idx")[t, c])[:n_remove]
     scores = np.asarray(b.method_array(key, "pos_score" if kind == "positive" else "neg_score")[t, c])[:n_remove]
     keep = np.ones(b.n_train, bool)
@@ -153,7 +157,8 @@ def verify_claim(refitter: HeadRefitter, key: str, t: int, c: int, n_remove: int
     lb, la = before.logits(f)[0], after.logits(f)[0]
     one = b.array("theta").shape[0] == 1
     total = float(scores.astype(np.float64).sum())
-    predicted = total if loss else -total
+    # a loss-based method in other units (TracIn, grad-dot/cos) predicts the direction only
+    predicted = (total if in_loss_units else None) if loss else -total
     pb = np.exp(lb - lb.max())
     pb /= pb.sum()
     pa = np.exp(la - la.max())
