@@ -64,6 +64,20 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested diagnostics as rows: ``{"refit": {"converged": True}}`` -> ``[("refit · converged", True)]``."""
+    rows: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        name = f"{prefix}{str(k).replace('_', ' ')}"
+        if isinstance(v, dict):
+            rows += _flatten(v, name + " · ")
+        elif isinstance(v, list):
+            rows.append((name, ", ".join(_fmt(x) for x in v)))
+        else:
+            rows.append((name, v))
+    return rows
+
+
 class Explorer:
     """The state behind the app: the bundle (read-only), the decisions store, the refitter, the image cache."""
 
@@ -310,6 +324,7 @@ def create_app(bundle: Bundle | str | Path, *, db: str | Path | None = None, tok
     ex = Explorer(bundle, store, token or secrets.token_urlsafe(32), check_host=check_host)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["fmt"] = _fmt
+    templates.env.filters["flatten"] = _flatten
     b = bundle
 
     def render(request: Request, name: str, **context: Any) -> HTMLResponse:
