@@ -142,6 +142,26 @@ def main() -> None:
         results["images_per_page"] = len(imgs)
         results["train_page"] = stats([timed(f"/train/{i}")[0] for i in trains])
         results["review_page"] = stats([timed(f"/review?method=rps-lje&page={p}")[0] for p in range(1, 21)])
+        # the head refits: "verify a claim" (remove the top 10 proponents) and "apply" (20 relabels)
+        verify_ms, verify_out = [], []
+        for t in tests[:5]:
+            t0 = time.perf_counter()
+            r = h.get(f"/api/verify/{t}?method=rps-lje&n=10").json()
+            verify_ms.append(1000 * (time.perf_counter() - t0))
+            verify_out.append({k: r[k] for k in ("test_index", "predicted_change", "actual_change", "converged")})
+        results["verify_claim"] = stats(verify_ms)
+        results["verify_examples"] = verify_out
+        csrf_free = {"Authorization": f"Bearer {server.token}"}
+        order = h.get("/api/review?method=influence-exact&limit=20").json()["items"]
+        for it in order:
+            h.post("/api/decisions", json={"train_index": it["train_index"], "action": "relabel",
+                                           "label": (it["label"] + 1) % 10}, headers=csrf_free)
+        t0 = time.perf_counter()
+        applied = h.post("/api/apply").json()
+        results["apply"] = stats([1000 * (time.perf_counter() - t0)])
+        results["apply_result"] = {k: applied[k] for k in ("n_relabelled", "accuracy_before", "accuracy_after",
+                                                           "converged", "gradient_norm")}
+        results["apply_result"]["n_changed"] = len(applied["changed"])
     report = {"bundle": {"n_train": bundle.n_train, "n_test": bundle.n_test, "k": bundle.k,
                          "methods": list(bundle.methods), "test_accuracy": bundle.manifest["test_accuracy"],
                          "bytes": sum((out / e["file"]).stat().st_size for e in bundle.manifest["arrays"].values()),
