@@ -113,7 +113,10 @@ def main() -> None:
     tests = rng.choice(bundle.n_test, size=args.requests, replace=False).tolist()
     trains = rng.choice(bundle.n_train, size=20, replace=False).tolist()
     results: dict = {}
-    with Server(out, out.parent / "bench-review.sqlite") as server, \
+    db = out.parent / "bench-review.sqlite"             # the benchmark's own decisions, fresh each run
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    with Server(out, db) as server, \
             httpx.Client(base_url=server.base, headers=server.headers(), timeout=60) as h:
         h.get("/")                                           # warm-up: first request loads the templates
 
