@@ -19,6 +19,8 @@ pytest.importorskip("starlette")
 if shutil.which("chromium") is None:
     pytest.skip("no system chromium (apt-get install chromium)", allow_module_level=True)
 
+from playwright.sync_api import expect  # noqa: E402
+
 from precedents.serve import Bundle  # noqa: E402
 from serve_bundle import shared_bundle  # noqa: E402
 from serve_server import Server  # noqa: E402
@@ -49,23 +51,25 @@ def test_explore_review_restart_export_apply(bundle_dir, tmp_path, page):
         conf = bundle.confusion()
         i, j = 1, 9                                   # the largest off-diagonal cell of this model
         page.click(f'#confusion a[data-true="{i}"][data-pred="{j}"]')
-        assert page.locator("#count").inner_text().startswith(f"{conf[i, j]} test points")
+        expect(page.locator("#count")).to_contain_text(f"{conf[i, j]} test points match")
+        expect(page.locator("#results .tile")).to_have_count(int(conf[i, j]))
 
         # filter misclassified
         page.goto(server.base + "/tests")
         page.check("#wrong")
         page.click("#filters button[type=submit]")
         wrong = int((bundle.test_labels != bundle.test_pred).sum())
-        assert page.locator("#count").inner_text().startswith(f"{wrong} test points")
-        assert page.locator("#results .tile.wrong").count() == min(wrong, 48)
+        expect(page.locator("#count")).to_contain_text(f"{wrong} test points match")
+        expect(page.locator("#results .tile.wrong")).to_have_count(min(wrong, 48))
+        assert page.locator("#results .tile").count() == min(wrong, 48)
 
         # open a test point: every method's precedents, positive and negative
         first = page.locator("#results .tile").first
         t = int(first.get_attribute("data-test"))
         first.click()
-        assert page.url.endswith(f"/test/{t}")
+        expect(page).to_have_url(f"{server.base}/test/{t}")
         cols = page.locator("#methods .method-col")
-        assert cols.count() == len(bundle.methods)
+        expect(cols).to_have_count(len(bundle.methods))
         for n in range(cols.count()):
             assert cols.nth(n).locator(".strip.positive .prec").count() == 10
             assert cols.nth(n).locator(".strip.negative .prec").count() == 10
@@ -76,7 +80,7 @@ def test_explore_review_restart_export_apply(bundle_dir, tmp_path, page):
         other = (int(bundle.test_pred[t]) + 1) % 10
         page.select_option("#switch-class", str(other))
         page.click("form.switch button")
-        assert f"Precedents for class {other}" in page.locator("#precedents-title").inner_text()
+        expect(page.locator("#precedents-title")).to_contain_text(f"Precedents for class {other}")
         shown = [int(a.get_attribute("data-train")) for a in cols.nth(0).locator(".strip.positive .prec").all()]
         assert shown == bundle.method_array("rps-l2", "pos_idx")[t, other, :10].tolist()
 
