@@ -72,7 +72,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         if isinstance(v, dict):
             rows += _flatten(v, name + " · ")
         elif isinstance(v, list):
-            rows.append((name, ", ".join(_fmt(x) for x in v)))
+            rows.append((name, "; ".join(", ".join(f"{str(a).replace('_', ' ')} {_fmt(b)}" for a, b in x.items())
+                                         if isinstance(x, dict) else _fmt(x) for x in v)))
         else:
             rows.append((name, v))
     return rows
