@@ -185,7 +185,7 @@ def main() -> None:
              f"class, methods {', '.join(bundle.methods)}; {report['bundle']['bytes'] / 2**20:.0f} MiB on disk.", "",
              "| request | n | p50 ms | p95 ms | max ms |", "|---|---|---|---|---|"]
     for name, s in results.items():
-        if isinstance(s, dict):
+        if isinstance(s, dict) and "p50_ms" in s:
             lines.append(f"| {name.replace('_', ' ')} | {s['n']} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | "
                          f"{s['max_ms']:.1f} |")
     lines += ["", report["note"], "", f"`python bench/serve_latency.py --n-test {bundle.n_test}`", ""]
