@@ -228,8 +228,9 @@ class Explainer:
                                   f"{missing[0]} to load() (code is not stored in an index).")
         params = dict(manifest["params"])
         accepted = cls._param_names()
+        kept_as_arrays = {k: None for k in cls._state_params() if k in accepted}   # restored by _set_state
         est = cls(model, **{k: v for k, v in params.items() if k in accepted},
-                  **{k: v for k, v in runtime.items() if k in accepted})
+                  **{k: v for k, v in runtime.items() if k in accepted}, **kept_as_arrays)
         fingerprint = est._model_fingerprint()
         if fingerprint != manifest["model_fingerprint"]:
             raise PrecedentsError(

@@ -25,7 +25,7 @@ from ..adapters import head_adapter
 from ..adapters.torch import ForwardFn
 from ..attribution import TEST_LOSS, Attribution
 from ..data import DataLike
-from ..linalg import head_hessian, head_hvp, loss_derivatives, squared_hinge_losses, targets_from_labels
+from ..linalg import head_hessian, head_hvp, loss_derivatives, squared_hinge_loss, targets_from_labels
 from ..linalg.functional import LossFn, LossGradients, loss_for_link, select_parameters
 from ..linalg.ihvp import SOLVERS, InverseHVP, make_inverse
 from .base import Explainer, check_common, collect_labelled
@@ -131,7 +131,8 @@ class InfluenceFunction(Explainer):
     damping : added to the Hessian (``H + damping I``). ``"auto"`` (default): 0 when only the final linear layer
         is differentiated (the paper's exact form: the head's loss is convex; a singular Hessian is solved on its
         range), and ``AUTO_DAMPING_DEEP`` (0.01) when differentiating through a network (parameters before the
-        final layer), whose Hessian is indefinite (the setting measured most faithful on an MNIST MLP: LDS 0.66 with CG capped at 100 iterations).
+        final layer), whose Hessian is indefinite (the setting measured most faithful on an MNIST MLP: LDS 0.66
+        with CG capped at 100 iterations).
         The value used is ``damping_`` and in ``diagnostics()``.
     weight_decay : the L2 strength the model was trained with, objective ``mean loss + wd/2 ||theta||^2`` over
         ``params``; it belongs in the Hessian. None reads it from the model where the adapter knows it
@@ -308,7 +309,7 @@ class InfluenceFunction(Explainer):
             grads = cur.example_gradients(0, len(run.features))
             probs = cur.probs
             if cur.link == "squared_hinge":
-                losses = squared_hinge_losses(run.logits, cur.targets)
+                losses = squared_hinge_loss(run.logits, cur.targets)
             elif cur.link == "sigmoid":
                 p = probs[:, 0].clamp(1e-300, 1)
                 losses = -(labels * p.log() + (1 - labels) * (1 - p).clamp_min(1e-300).log())
