@@ -310,3 +310,20 @@ def test_writer_refuses_bad_input(tmp_path):
     assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []     # nothing half-written
     with pytest.raises(pc.PrecedentsError, match="no explorer bundle"):
         Bundle(tmp_path)
+
+
+def test_test_set_without_labels(tmp_path):
+    """explain may have no test labels: accuracy and "misclassified" are unknown, every page still renders."""
+    from precedents.serve import write_explorer_bundle
+
+    model, train, test = digits_model()
+    est = pc.RepresenterL2(model, progress=False).fit(train)
+    path = write_explorer_bundle(tmp_path / "explorer", model, train, (test[0][:40], None), [est], k=5)
+    app = create_app(path, db=tmp_path / "r.sqlite", token="tok")
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        h = {"Authorization": "Bearer tok"}
+        for page in ("/", "/tests", "/tests?wrong=1", "/test/3", "/train/4", "/review", "/verify/3?run=1"):
+            assert c.get(page, headers=h).status_code == 200, page
+        assert c.get("/api/overview", headers=h).json()["test_accuracy"] is None
+        assert c.get("/api/tests?wrong=1", headers=h).json()["total"] == 0
+        assert c.post("/api/apply", headers=h).json()["accuracy_after"] is None

@@ -85,8 +85,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, str):
         return value
     if isinstance(value, Mapping):
-        out = {str(k): _jsonable(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v is not None}
+        return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return None
