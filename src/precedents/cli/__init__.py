@@ -1,4 +1,4 @@
-"""Command line: ``precedents demo``, ``precedents explain``, ``precedents evaluate`` and ``precedents debug``.
+"""Command line: ``precedents demo``, ``explain``, ``evaluate``, ``debug`` and ``serve``.
 
 One module per command (:mod:`.explain`, :mod:`.evaluate`, :mod:`.debug`, :mod:`.demo`, each with ``run(args)``),
 the arguments in :mod:`.parser`, reading the user's files and the output-folder rule in :mod:`.files`.

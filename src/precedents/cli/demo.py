@@ -22,7 +22,9 @@ DEMO_TASKS: dict[str, tuple[str, str]] = {
                "precedents.demos.tabular:run_compas_demo"),
     "lstm": ("an LSTM reading MNIST row by row (sequential MNIST)", "precedents.demos.sequence:run_lstm_demo"),
 }
-OUTPUTS = ("report.html", "top_k.csv", "top_k.json", "model.json")
+#: what demo writes, and what ``precedents serve`` adds beside it (the review decisions)
+OUTPUTS = ("report.html", "top_k.csv", "top_k.json", "model.json", "explorer", "review.sqlite", "review.sqlite-wal",
+           "review.sqlite-shm")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,11 +32,13 @@ def run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {} if args.features is None else {"features": args.features}
     if not args.tcav:
         options["tcav"] = False
+    if args.explorer_points is not None:
+        options["explorer_points"] = args.explorer_points
     demo = getattr(importlib.import_module(module_name), function_name)
     accepted = inspect.signature(demo).parameters
     if any(name not in accepted for name in options):
-        raise PrecedentsError(f"demo --task {args.task} has no feature attribution or TCAV: drop --features / "
-                              "--no-tcav.")
+        raise PrecedentsError(f"demo --task {args.task} has no feature attribution, TCAV or explorer bundle: drop "
+                              "--features / --no-tcav / --explorer-points.")
     out = prepare_out(args.out or ("out/demo" if args.task == "mnist" else f"out/demo-{args.task}"), "demo",
                       OUTPUTS)
     demo(out, args.cache, k=args.k, progress=not args.quiet, **options)

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--features", type=feature_list, default=None, help="feature attribution methods to show, "
                       "comma-separated (default for mnist: saliency,smoothgrad,ig,occlusion,lime; '' for none)")
     demo.add_argument("--no-tcav", dest="tcav", action="store_false", help="skip the TCAV table")
+    demo.add_argument("--explorer-points", type=nonneg_int, default=None,
+                      help="mnist: test images in the explorer bundle that `precedents serve OUT` opens (default "
+                           "500; 0 for none)")
     _common(demo)
 
     ex = sub.add_parser("explain", help="explain your own model on your own data")
@@ -189,5 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--out", default="out/debug", help="output folder (created; refused if it holds other files)")
     db.add_argument("--seed", type=nonneg_int, default=0, help="seed of 'random' and of the stochastic solvers")
     _common(db)
+
+    from ..serve.command import add_arguments as serve_arguments
+
+    sv = sub.add_parser("serve", help="local web explorer over what demo/explain wrote to DIR")
+    serve_arguments(sv)
+    sv.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 

