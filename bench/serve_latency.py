@@ -51,7 +51,7 @@ def mlp(X: torch.Tensor, y: torch.Tensor, epochs: int = 3, seed: int = 0) -> tor
 
 def build(out: Path, cache: Path | None, n_test: int, cnn: bool) -> dict:
     import precedents as pc
-    from precedents.datasets import load_mnist
+    from precedents.demos.datasets import load_mnist
     from precedents.serve import write_explorer_bundle
 
     X, y = (torch.from_numpy(a) for a in load_mnist("train"))
@@ -59,7 +59,7 @@ def build(out: Path, cache: Path | None, n_test: int, cnn: bool) -> dict:
     X_test, y_test = X_test[:n_test], y_test[:n_test]
     t0 = time.perf_counter()
     if cnn:
-        from precedents.models import default_cache_dir, load_or_train_mnist_cnn
+        from precedents.demos.models import default_cache_dir, load_or_train_mnist_cnn
 
         model, _ = load_or_train_mnist_cnn(cache or default_cache_dir(), progress=False)
         what = "MnistCNN (conv16-conv32-fc64-fc10), the demo's model"
