@@ -83,7 +83,7 @@ def test_bad_input(task):
         stability(lambda s: pc.RepresenterL2(model), train, Xte, pred, seeds=(3,))
     with pytest.raises(pc.PrecedentsError, match="one label per point"):
         stability(lambda s: pc.RepresenterL2(model), train, Xte, pred[:3], seeds=(0, 1))
-    with pytest.raises(pc.PrecedentsError, match="init must be"):
+    with pytest.raises(pc.PrecedentsError, match="init='ones' is not one of"):
         pc.RepresenterL2(model, init="ones", progress=False).fit(*train)
 
 

@@ -245,5 +245,5 @@ def test_errors(run, tmp_path):
         GradientSimilarity(model, progress=False).fit(Xtr, ytr).attribute(Xte)
     with pytest.raises(PrecedentsError, match="labels must lie in"):
         tr.attribute(Xte, yte + 10)
-    with pytest.raises(PrecedentsError, match="kind must be 'dot' or 'cos'"):
+    with pytest.raises(PrecedentsError, match="kind='l2' is not one of"):
         GradientSimilarity(model, kind="l2", progress=False).fit(Xtr, ytr)

@@ -209,7 +209,9 @@ def test_self_influence_ranks_flipped_labels_first(german):
     truth[flipped] = 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        lje = pc.RepresenterLJE(model, progress=False).fit(X, noisy)
+        # dataset debugging reads the paper's undamped expansion (evaluate.mislabel's default for rps-lje): its
+        # self-influence ranks the flips at ROC AUC 0.84 here, the fidelity-chosen damping's at 0.67
+        lje = pc.RepresenterLJE(model, damping=0.0, progress=False).fit(X, noisy)
         inf = pc.InfluenceFunction(model, solver="exact", damping=1e-3, progress=False).fit(X, noisy)
     assert roc_auc_score(truth, lje.self_influence().numpy()) > 0.75
     assert roc_auc_score(truth, inf.self_influence().numpy()) > 0.75
