@@ -15,10 +15,9 @@ from precedents.evaluate.loo import (
     LogisticRegressionRetrainer,
     fit_logistic_regression,
     leave_one_out,
-    linear_datamodeling,
-    linear_datamodeling_score,
     warm_start_retrainer,
 )
+from precedents.evaluate.lds import linear_datamodeling, linear_datamodeling_score
 from precedents.evaluate.metrics import pearson, rankdata, spearman
 
 WD = 0.01

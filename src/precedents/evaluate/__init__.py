@@ -1,12 +1,11 @@
 """Evaluation beside the methods: it calls them only through their public API, as a user would."""
 
+from .lds import LDSResult, LDSTruth, datamodeling_truth, linear_datamodeling, linear_datamodeling_score
 from .loo import (
     LeaveOneOutResult,
     LogisticRegressionRetrainer,
     fit_logistic_regression,
     leave_one_out,
-    linear_datamodeling,
-    linear_datamodeling_score,
     warm_start_retrainer,
 )
 from .metrics import pearson, spearman
@@ -16,6 +15,9 @@ from .sanity import SanityResult, label_randomized_model, randomize_labels, rein
 from .stability import StabilityResult, stability
 
 __all__ = [
+    "LDSResult",
+    "LDSTruth",
+    "datamodeling_truth",
     "LeaveOneOutResult",
     "LogisticRegressionRetrainer",
     "MislabelResult",
