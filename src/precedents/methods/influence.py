@@ -121,7 +121,9 @@ class InfluenceFunction(Estimator):
     model : the trained classifier (logits out).
     params : ``"head"`` (the final linear layer, bias included; closed-form gradients and Hessian),
         ``"all"`` (every trainable parameter, through torch.func), or a list of parameter names.
-    solver : ``"exact"``, ``"cg"``, ``"lissa"`` or ``"arnoldi"`` (see :mod:`precedents.linalg.ihvp`).
+    solver : ``"exact"``, ``"cg"``, ``"lissa"``, ``"arnoldi"``, or ``"kfac"`` / ``"ekfac"`` (Kronecker-factored
+        Gauss-Newton of every nn.Linear / nn.Conv2d, with ``params="all"``; per-layer damping 0.1 x its mean
+        eigenvalue added to ``damping``) (see :mod:`precedents.linalg.ihvp`).
     damping : added to the Hessian (``H + damping I``); needed for non-convex models.
     weight_decay : the L2 strength the model was trained with, objective ``mean loss + wd/2 ||theta||^2`` over
         ``params``; it belongs in the Hessian. None reads it from the model where the adapter knows it
@@ -131,7 +133,8 @@ class InfluenceFunction(Estimator):
     loss_fn : per-example loss ``loss_fn(logits, y) -> (b,)``; default cross-entropy (binary for one output), or
         the squared hinge for a squared-hinge head (scikit-learn's LinearSVC; scores then in squared-margin units).
     solver_options : keyword options of the solver (``tol``/``max_iter`` for cg; ``scale``, ``depth``,
-        ``repeats``, ``seed`` for lissa; ``rank``, ``iterations``, ``seed`` for arnoldi).
+        ``repeats``, ``seed`` for lissa; ``rank``, ``iterations``, ``seed`` for arnoldi; ``damping_factor``,
+        ``fisher``, ``seed`` for kfac and ekfac).
 
     ``attribute(X, y).scores[t, i]`` = predicted increase of test loss t (nats) if training example i were
     removed. ``self_influence()`` = ``(1/n) g_i^T H^-1 g_i``. After ``fit``: ``stationarity_`` (the norm of the
