@@ -1,0 +1,232 @@
+r"""TRAK: attributing with random projections of the margin's gradients (Park et al., ICML 2023).
+
+For each model m of an ensemble (checkpoints, or independently trained models), with the classification margin
+``f(x, y) = log p_y / (1 - p_y) = z_y - log sum_{c != y} e^{z_c}`` (``(2y - 1) z`` for a one-output head):
+
+    phi_i = P^T grad_theta f(x_i, y_i)          (k features; P a seeded p x k random projection)
+    Phi   = [phi_1; ...; phi_n]                 (n x k),     Q_i = 1 - p_{y_i}(x_i)
+    tau(t, i) = mean_m [phi_t (Phi^T Phi + ridge I)^-1 phi_i] * mean_m Q_i
+
+(the kernel solved in float64). For logistic regression with the identity projection this is the one-step Newton
+estimate of leave-one-out with the Hessian's weights ``p (1 - p)`` dropped: removing i changes the test margin by
+about ``-tau(t, i)``. So ``tau(t, i) > 0``: example i *supports* the test point's margin for the explained class
+(its removal would lower it), the sign convention of precedents. Units: logit margin (nats of log-odds), up to the
+approximation.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._validation import PrecedentsError, check_labels
+from ..adapters import head_adapter
+from ..adapters.torch import ForwardFn
+from ..attribution import Attribution
+from ..data import DataLike
+from ..linalg.functional import LossGradients, select_parameters
+from ..linalg.projection import RandomProjection
+from .base import Estimator, collect_labelled
+
+Checkpoint = dict | nn.Module | Callable[[], Any]
+
+
+def margin_output(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example margin ``log p_y / (1 - p_y)`` (logits units), the output function TRAK differentiates."""
+    logits = logits if logits.ndim == 2 else logits.reshape(len(logits), -1)
+    if logits.shape[-1] == 1:
+        return (2 * y.to(logits.dtype) - 1) * logits[:, 0]
+    correct = logits.gather(1, y.long()[:, None])[:, 0]
+    others = logits.scatter(1, y.long()[:, None], float("-inf"))
+    return correct - torch.logsumexp(others, dim=1)
+
+
+class TRAK(Estimator):
+    r"""TRAK attribution (Park et al. 2023) over an ensemble of models.
+
+    Parameters
+    ----------
+    model : the trained classifier (logits out); it also fixes the architecture the checkpoints load into.
+    projection_dim : k, the number of random features per model (capped at the number of parameters).
+    checkpoints : None (the model alone), or a sequence of state dicts, modules, or zero-argument callables
+        returning either (loaded one at a time): checkpoints of one training run or independently trained models.
+        Scores are averaged over them; more models, more faithful (Park et al.: tens to hundreds).
+    ridge : added to the kernel, as a fraction of its mean diagonal: ``Phi^T Phi + ridge * mean(diag) I``.
+    params : ``"all"`` or a list of parameter names to differentiate.
+    projection : ``"rademacher"`` or ``"gaussian"`` (:class:`~precedents.linalg.projection.RandomProjection`).
+    seed : seed of the projection (one projection per model, seeded ``seed + m``).
+
+    ``attribute(X, y).scores[t, i]`` = tau(t, i) (logit-margin units): positive = training example i supports
+    test point t's margin for the explained class (y when given, else ``target``, else the predicted class).
+    """
+
+    key = "trak"
+    method_name = "trak"
+
+    def __init__(self, model: Any, projection_dim: int = 2048, checkpoints: Sequence[Checkpoint] | None = None, *,
+                 ridge: float = 1e-3, params: str | list[str] = "all", projection: str = "rademacher",
+                 seed: int = 0, batch_size: int = 128, progress: bool = True,
+                 forward_fn: ForwardFn | None = None) -> None:
+        self.model = model
+        self.projection_dim = projection_dim
+        self.checkpoints = checkpoints
+        self.ridge = ridge
+        self.params = params
+        self.projection = projection
+        self.seed = seed
+        self.batch_size = batch_size
+        self.progress = progress
+        self.forward_fn = forward_fn
+
+    # -- models of the ensemble ------------------------------------------------------------------------
+    def _models(self):
+        """Yield each model of the ensemble (the worker copy is reused: one model in memory at a time)."""
+        if self.checkpoints is None:
+            yield self.torch_model_
+            return
+        if len(self.checkpoints) == 0:
+            raise PrecedentsError("checkpoints is empty: pass None (the model alone) or at least one checkpoint.")
+        worker = None
+        for j, item in enumerate(self.checkpoints):
+            value = item() if callable(item) and not isinstance(item, nn.Module) else item
+            if isinstance(value, nn.Module):
+                yield value
+                continue
+            if not isinstance(value, dict):
+                raise PrecedentsError(f"checkpoints[{j}] is a {type(value).__name__}: pass a state dict, a module, or "
+                                      "a callable returning one.")
+            if worker is None:
+                worker = copy.deepcopy(self.torch_model_)
+            try:
+                worker.load_state_dict(value)
+            except RuntimeError as err:
+                raise PrecedentsError(f"checkpoints[{j}] does not fit the model: {str(err).splitlines()[0]}") from err
+            yield worker
+
+    def _gradients(self, model: nn.Module) -> LossGradients:
+        names = select_parameters(model, self.params, None)
+        return LossGradients(model, names, loss_fn=margin_output, forward_fn=self.forward_fn,
+                             batch_size=self.batch_size, progress=False)
+
+    def _features(self, grads: LossGradients, proj: RandomProjection, X: torch.Tensor,
+                  y: torch.Tensor) -> torch.Tensor:
+        """Projected margin gradients (n, k) float32."""
+        out = []
+        for s in range(0, len(X), self.batch_size):
+            g = grads.example_gradients(X[s:s + self.batch_size], y[s:s + self.batch_size])
+            out.append(proj.project(g.to(torch.float32)))
+        return torch.cat(out)
+
+    def _logits(self, model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+        forward = self.forward_fn or (lambda m, x: m(x))
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(X), 1024):
+                x = X[s:s + 1024].to(device)
+                out.append(forward(model, x.to(dtype) if x.is_floating_point() else x).to(torch.float64).cpu())
+        return torch.cat(out)
+
+    # -- fitting ---------------------------------------------------------------------------------------
+    def fit(self, train: DataLike, y: Any = None) -> TRAK:
+        start = time.perf_counter()
+        if self.projection_dim < 1:
+            raise PrecedentsError(f"projection_dim must be >= 1, got {self.projection_dim}.")
+        if self.ridge < 0:
+            raise PrecedentsError(f"ridge must be >= 0, got {self.ridge}.")
+        head = head_adapter(self.model, None, forward_fn=self.forward_fn, batch_size=self.batch_size,
+                            progress=self.progress)
+        if head.model is None:
+            raise PrecedentsError(f"TRAK differentiates through the model's parameters, which a "
+                                  f"{type(self.model).__name__} does not have.")
+        self.head_ = head
+        self.torch_model_ = head.model
+        batches = head.batches(train, y, name="train", require_labels=True)
+        X, labels = collect_labelled(batches, head.model, self.forward_fn, "training",
+                                     "Pass (X, y), fit(X, y) or a Dataset of (x, y).")
+        self.labels_ = labels
+        self.n_classes_ = head.n_classes
+        self.n_train_ = len(X)
+        self.features_, self.solved_, q_sum = [], [], torch.zeros(len(X), dtype=torch.float64)
+        conditions = []
+        for m, model in enumerate(self._models()):
+            grads = self._gradients(model)
+            k = min(self.projection_dim, grads.n_params)
+            proj = RandomProjection(grads.n_params, k, seed=self.seed + m, kind=self.projection)
+            phi = self._features(grads, proj, X, labels)
+            kernel = phi.to(torch.float64).T @ phi.to(torch.float64)
+            kernel += self.ridge * float(kernel.diagonal().mean()) * torch.eye(k, dtype=torch.float64)
+            evals, evecs = torch.linalg.eigh(kernel)
+            floor = k * torch.finfo(torch.float64).eps * float(evals.max())
+            keep = evals > floor
+            conditions.append(float(evals.max() / evals[keep].min()))
+            inv = (evecs[:, keep] / evals[keep]) @ evecs[:, keep].T               # pseudo-inverse (PSD)
+            self.features_.append(phi)
+            self.solved_.append((phi.to(torch.float64) @ inv).to(torch.float32))
+            p = torch.sigmoid(margin_output(self._logits(model, X), labels))      # p_y = sigmoid(margin)
+            q_sum += 1 - p
+        self.n_models_ = len(self.features_)
+        self.q_ = q_sum / self.n_models_
+        self.dim_ = self.features_[0].shape[1]
+        self.kernel_condition_ = max(conditions)
+        self.seconds_ = time.perf_counter() - start
+        return self
+
+    # -- attribution -----------------------------------------------------------------------------------
+    def attribute(self, X: DataLike, y: Any = None, *, target: Any = None) -> Attribution:
+        """Scores (n_test, n_train) in logit-margin units: positive = the training example supports the test
+        point's margin for the explained class (``target``, else ``y``, else the predicted class)."""
+        self._check_fitted()
+        batches = self.head_.batches(X, y, name="X", require_labels=False)
+        xs = [torch.as_tensor(x) for x, _ in batches]
+        if not xs:
+            raise PrecedentsError("X is empty: pass at least one test point.")
+        Xt = torch.cat(xs)
+        logits = self._logits(self.torch_model_, Xt)
+        if target is not None:
+            t = torch.as_tensor(target)
+            explained = check_labels(t.expand(len(Xt)) if t.ndim == 0 else t, self.n_classes_, len(Xt),
+                                     name="target")
+        elif y is not None or isinstance(X, (tuple, list)):
+            ys = [torch.as_tensor(b) for _, b in self.head_.batches(X, y, name="X", require_labels=True)]
+            explained = check_labels(torch.cat(ys), self.n_classes_, len(Xt))
+        else:
+            explained = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+        scores = torch.zeros(len(Xt), self.n_train_, dtype=torch.float32)
+        for m, model in enumerate(self._models()):
+            grads = self._gradients(model)
+            proj = RandomProjection(grads.n_params, self.dim_, seed=self.seed + m, kind=self.projection)
+            phi_t = self._features(grads, proj, Xt, explained)
+            scores += phi_t @ self.solved_[m].T
+        scores = scores.to(torch.float64) / self.n_models_ * self.q_
+        output = margin_output(logits, explained)
+
+        def score_block(start: int, stop: int) -> torch.Tensor:
+            return scores[:, start:stop]
+
+        return Attribution("trak", explained, output, output, self.n_train_, score_block,
+                           train_labels=self.labels_, units="margin")
+
+    def self_influence(self) -> torch.Tensor:
+        """``tau(i, i)`` per training example (n,), logit-margin units: the example's own leverage on its margin,
+        weighted by ``1 - p``; large for unusual or mislabelled examples."""
+        self._check_fitted()
+        total = sum((phi * solved).sum(1).to(torch.float64) for phi, solved in zip(self.features_, self.solved_,
+                                                                                    strict=True))
+        return total / self.n_models_ * self.q_
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Cost and conditioning facts: projection dimension, models, ridge, kernel condition number, seconds."""
+        self._check_fitted()
+        return {"projection_dim": self.dim_, "n_models": self.n_models_, "ridge": self.ridge,
+                "projection": self.projection, "kernel_condition_number": self.kernel_condition_,
+                "fit_seconds": self.seconds_, "n_train": self.n_train_,
+                "feature_megabytes": 2 * self.n_models_ * self.n_train_ * self.dim_ * 4 / 2**20,
+                "mean_one_minus_p": float(self.q_.mean()) if not math.isnan(float(self.q_.mean())) else None}
