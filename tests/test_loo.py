@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 import precedents as pc
+from precedents.evaluate.lds import linear_datamodeling, linear_datamodeling_score
 from precedents.evaluate.loo import (
     LogisticRegressionRetrainer,
     fit_logistic_regression,
     leave_one_out,
     warm_start_retrainer,
 )
-from precedents.evaluate.lds import linear_datamodeling, linear_datamodeling_score
 from precedents.evaluate.metrics import pearson, rankdata, spearman
 
 WD = 0.01

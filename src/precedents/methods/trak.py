@@ -116,11 +116,11 @@ class TRAK(Estimator):
 
     def _features(self, grads: LossGradients, proj: RandomProjection, X: torch.Tensor,
                   y: torch.Tensor) -> torch.Tensor:
-        """Projected margin gradients (n, k) float32."""
+        """Projected margin gradients (n, k), in the model's dtype (float32 for a float32 model)."""
         out = []
         for s in range(0, len(X), self.batch_size):
             g = grads.example_gradients(X[s:s + self.batch_size], y[s:s + self.batch_size])
-            out.append(proj.project(g.to(torch.float32)))
+            out.append(proj.project(g.to(grads.dtype)))
         return torch.cat(out)
 
     def _logits(self, model: nn.Module, X: torch.Tensor) -> torch.Tensor:
@@ -169,7 +169,7 @@ class TRAK(Estimator):
             conditions.append(float(evals.max() / evals[keep].min()))
             inv = (evecs[:, keep] / evals[keep]) @ evecs[:, keep].T               # pseudo-inverse (PSD)
             self.features_.append(phi)
-            self.solved_.append((phi.to(torch.float64) @ inv).to(torch.float32))
+            self.solved_.append((phi.to(torch.float64) @ inv).to(phi.dtype))
             p = torch.sigmoid(margin_output(self._logits(model, X), labels))      # p_y = sigmoid(margin)
             q_sum += 1 - p
         self.n_models_ = len(self.features_)
@@ -199,13 +199,13 @@ class TRAK(Estimator):
             explained = check_labels(torch.cat(ys), self.n_classes_, len(Xt))
         else:
             explained = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
-        scores = torch.zeros(len(Xt), self.n_train_, dtype=torch.float32)
+        scores = torch.zeros(len(Xt), self.n_train_, dtype=torch.float64)
         for m, model in enumerate(self._models()):
             grads = self._gradients(model)
             proj = RandomProjection(grads.n_params, self.dim_, seed=self.seed + m, kind=self.projection)
             phi_t = self._features(grads, proj, Xt, explained)
-            scores += phi_t @ self.solved_[m].T
-        scores = scores.to(torch.float64) / self.n_models_ * self.q_
+            scores += (phi_t @ self.solved_[m].T).to(torch.float64)
+        scores = scores / self.n_models_ * self.q_
         output = margin_output(logits, explained)
 
         def score_block(start: int, stop: int) -> torch.Tensor:
