@@ -133,6 +133,11 @@ def test_kfac_inverse_matches_a_dense_solve_and_influence_runs(digits):
         scores = est.fit(X[:200], y[:200]).attribute(X[300:305], y[300:305]).scores
     assert scores.shape == (5, 200) and torch.isfinite(scores).all()
     assert est.solver_.info["damping_mean"] > 0
+    # the layer-wise dot products with the training gradients are those of the per-example gradients
+    V = torch.randn(3, factors.n_params, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    G = LossGradients(model, names, progress=False).example_gradients(X[:200], y[:200])
+    dots = est.solver_.example_dots(V, 0, 200)
+    assert torch.allclose(dots, V @ G.T, rtol=0, atol=1e3 * EPS * float((V.abs() @ G.abs().T).max()))
 
 
 def test_kfac_names_the_layers_it_cannot_factor(digits):

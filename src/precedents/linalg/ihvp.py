@@ -228,6 +228,12 @@ class KFACInverse(InverseHVP):
     def solve(self, b: torch.Tensor) -> torch.Tensor:
         return self.factors.solve(b.to(torch.float64))
 
+    def example_dots(self, V: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """``V @ grad l_i`` (k, stop - start) for training examples start..stop, from the layers' inputs and
+        output gradients (no per-example gradient vectors)."""
+        X, y = self.curvature.X, self.curvature.y
+        return self.factors.example_dots(V, X[start:stop], y[start:stop])
+
 
 class EKFACInverse(KFACInverse):
     name = "ekfac"

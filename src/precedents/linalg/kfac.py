@@ -331,3 +331,35 @@ class KroneckerFactors:
 
     def solve(self, V: torch.Tensor) -> torch.Tensor:
         return self.apply(V, -1)
+
+    def example_dots(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``V @ grad l_i`` (k, n) for every example of (X, y), true labels, without forming the per-example
+        gradients: for each layer ``sum_t delta_it^T V_layer a_it`` (one forward and backward pass per batch)."""
+        V = V.reshape(-1, self.n_params).to(torch.float64)
+        device = next(self.model.parameters()).device
+        dtype = next(self.model.parameters()).dtype
+        blocks = [self._blocks(V, layer).to(device) for layer in self.layers]
+        out = torch.zeros(len(V), len(X), dtype=torch.float64, device=device)
+        was_training = self.model.training
+        self.model.eval()
+        rec = _Recorder(self.layers)
+        try:
+            for s in range(0, len(X), self.batch_size):
+                x, t = X[s:s + self.batch_size], y[s:s + self.batch_size]
+                x = x.to(device, dtype) if x.is_floating_point() else x.to(device)
+                with torch.enable_grad():
+                    losses = self.loss_fn(self.forward(self.model, x), t.to(device))
+                    outputs = [rec.outputs[k] for k in range(len(self.layers))]
+                    grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+                for k, g in enumerate(grads):
+                    if g is None:
+                        continue
+                    a, d = rec.inputs[k], rec.deltas(k, g)                     # (b, T, in), (b, T, out)
+                    if a.shape[1] == 1:
+                        out[:, s:s + len(x)] += ((d[:, 0] @ blocks[k]) * a[:, 0]).sum(-1)   # (k, b, in) -> (k, b)
+                    else:
+                        out[:, s:s + len(x)] += torch.einsum("bto,koi,bti->kb", d, blocks[k], a)
+        finally:
+            rec.close()
+            self.model.train(was_training)
+        return out.cpu()

@@ -256,6 +256,8 @@ class InfluenceFunction(Estimator):
         n = self.n_train_
 
         def score_block(start: int, stop: int) -> torch.Tensor:
+            if hasattr(self.solver_, "example_dots") and self._gradient_cache is None:   # K-FAC: layer by layer
+                return self.solver_.example_dots(solved, start, stop) / n
             return solved @ self._train_gradients(start, stop).T / n
 
         return Attribution(f"influence ({self.solver})", labels, losses, losses, n, score_block,
