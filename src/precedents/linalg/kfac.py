@@ -338,7 +338,9 @@ class KroneckerFactors:
         V = V.reshape(-1, self.n_params).to(torch.float64)
         device = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype
-        blocks = [self._blocks(V, layer).to(device) for layer in self.layers]
+        # products in the model's dtype (float32 for a float32 model: the rounding of one dot product over a
+        # layer's inputs, far below the approximation K-FAC makes), accumulated in float64
+        blocks = [self._blocks(V, layer).to(device, dtype) for layer in self.layers]
         out = torch.zeros(len(V), len(X), dtype=torch.float64, device=device)
         was_training = self.model.training
         self.model.eval()
@@ -354,11 +356,12 @@ class KroneckerFactors:
                 for k, g in enumerate(grads):
                     if g is None:
                         continue
-                    a, d = rec.inputs[k], rec.deltas(k, g)                     # (b, T, in), (b, T, out)
+                    a, d = rec.inputs[k].to(dtype), rec.deltas(k, g).to(dtype)      # (b, T, in), (b, T, out)
                     if a.shape[1] == 1:
-                        out[:, s:s + len(x)] += ((d[:, 0] @ blocks[k]) * a[:, 0]).sum(-1)   # (k, b, in) -> (k, b)
+                        dots = ((d[:, 0] @ blocks[k]) * a[:, 0]).sum(-1)                 # (k, b, in) -> (k, b)
                     else:
-                        out[:, s:s + len(x)] += torch.einsum("bto,koi,bti->kb", d, blocks[k], a)
+                        dots = torch.einsum("bto,koi,bti->kb", d, blocks[k], a)
+                    out[:, s:s + len(x)] += dots.to(torch.float64)
         finally:
             rec.close()
             self.model.train(was_training)

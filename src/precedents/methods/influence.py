@@ -205,7 +205,7 @@ class InfluenceFunction(Estimator):
         self._gradient_cache = None
         if self.n_train_ * self.curvature_.n_params * 8 <= GRADIENT_CACHE_BYTES and not self._closed_form:
             self._gradient_cache = self.curvature_.example_gradients(0, self.n_train_)
-        sample = self._train_gradients(0, min(self.n_train_, 2048))
+        sample = self._train_gradients(0, min(self.n_train_, 256))        # RMS gradient norm, estimated
         self.relative_stationarity_ = self.stationarity_ / max(float(sample.pow(2).sum(1).mean().sqrt()), 1e-300)
         if self.relative_stationarity_ > STATIONARITY_WARNING:
             warnings.warn(
