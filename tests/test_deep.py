@@ -138,6 +138,17 @@ def test_kfac_inverse_matches_a_dense_solve_and_influence_runs(digits):
     G = LossGradients(model, names, progress=False).example_gradients(X[:200], y[:200])
     dots = est.solver_.example_dots(V, 0, 200)
     assert torch.allclose(dots, V @ G.T, rtol=0, atol=1e3 * EPS * float((V.abs() @ G.abs().T).max()))
+    # and for a convolution (a sum over locations)
+    conv = train(cnn(), X[:100].reshape(-1, 1, 8, 8), y[:100], steps=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        est = pc.InfluenceFunction(conv, params="all", solver="kfac", progress=False).fit(
+            X[:100].reshape(-1, 1, 8, 8), y[:100])
+    V = torch.randn(2, est.solver_.factors.n_params, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    G = LossGradients(conv, select_parameters(conv, "all", None), progress=False).example_gradients(
+        X[:100].reshape(-1, 1, 8, 8), y[:100])
+    dots = est.solver_.example_dots(V, 0, 100)
+    assert torch.allclose(dots, V @ G.T, rtol=0, atol=1e3 * EPS * float((V.abs() @ G.abs().T).max()))
 
 
 def test_kfac_names_the_layers_it_cannot_factor(digits):

@@ -359,8 +359,10 @@ class KroneckerFactors:
                     a, d = rec.inputs[k].to(dtype), rec.deltas(k, g).to(dtype)      # (b, T, in), (b, T, out)
                     if a.shape[1] == 1:
                         dots = ((d[:, 0] @ blocks[k]) * a[:, 0]).sum(-1)                 # (k, b, in) -> (k, b)
-                    else:
-                        dots = torch.einsum("bto,koi,bti->kb", d, blocks[k], a)
+                    else:                        # per-example layer gradients, 16 examples at a time
+                        flat = blocks[k].reshape(len(V), -1)
+                        dots = torch.cat([torch.einsum("bto,bti->boi", d[c:c + 16], a[c:c + 16]).reshape(
+                            len(d[c:c + 16]), -1) @ flat.T for c in range(0, len(d), 16)]).T
                     out[:, s:s + len(x)] += dots.to(torch.float64)
         finally:
             rec.close()
