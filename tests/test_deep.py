@@ -14,8 +14,8 @@ from precedents.datasets import load_digits
 from precedents.evaluate import datamodeling_truth, linear_datamodeling
 from precedents.linalg.functional import LossGradients, default_loss, select_parameters
 from precedents.linalg.kfac import KroneckerFactors
-from precedents.linalg.projection import RandomProjection
-from precedents.methods.trak import TRAK
+from precedents.linalg.projection import KroneckerProjection, RandomProjection
+from precedents.methods.trak import TRAK, margin_output
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EPS = torch.finfo(torch.float64).eps
@@ -173,6 +173,29 @@ def test_projection_is_seeded_chunked_and_preserves_norms():
     for proj in (a, gauss):
         ratio = proj.project(G).pow(2).sum(1) / G.pow(2).sum(1)
         assert (ratio - 1).abs().max() < 6 * (2 / 4096) ** 0.5                   # 6 standard deviations
+
+
+def test_kronecker_projection_projects_each_layers_gradient(digits):
+    """TRAK's structured features equal vec(P_o^T G P_i) of each layer's margin gradient G = [dW | db]."""
+    X, y = digits
+    model = train(mlp(), X[:60], y[:60], steps=20)
+    trak = TRAK(model, projection_dim=40, projection="kronecker", ridge=0.5, progress=False).fit(X[:60], y[:60])
+    names = select_parameters(model, "all", None)
+    G = LossGradients(model, names, loss_fn=margin_output, progress=False).example_gradients(X[:60], y[:60])
+    proj = KroneckerProjection([(8, 65), (10, 9)], 40, seed=0)
+    assert trak.dim_ == proj.dim
+    blocks = [torch.cat([G[:, :512].reshape(60, 8, 64), G[:, 512:520].reshape(60, 8, 1)], 2),
+              torch.cat([G[:, 520:600].reshape(60, 10, 8), G[:, 600:610].reshape(60, 10, 1)], 2)]
+    expected = torch.cat([(p_o.T @ b @ p_i).reshape(60, -1) for b, (p_o, p_i) in zip(blocks, proj.factors,
+                                                                                    strict=True)], 1)
+    assert torch.allclose(trak.features_[0], expected, rtol=0, atol=1e3 * EPS * float(expected.abs().max()))
+    norms = expected.pow(2).sum(1) / G.pow(2).sum(1)
+    assert 0.2 < float(norms.mean()) < 5                       # a norm-preserving projection, on average
+    scores = trak.attribute(X[100:104], y[100:104]).scores
+    assert scores.shape == (4, 60) and torch.isfinite(scores).all()
+    with pytest.raises(pc.PrecedentsError, match="LayerNorm"):
+        TRAK(nn.Sequential(nn.Linear(64, 8), nn.LayerNorm(8), nn.Linear(8, 10)).double(), projection="kronecker",
+             progress=False).fit(X[:20], y[:20])
 
 
 # -- TRAK ------------------------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def kronecker_layers(model: nn.Module, names: list[str]) -> list[KroneckerLayer]
     return layers
 
 
-class _Recorder:
+class LayerRecorder:
     """Forward hooks that keep each layer's input (as a (b, T, in) matrix with the bias column) and output."""
 
     def __init__(self, layers: list[KroneckerLayer]) -> None:
@@ -195,7 +195,7 @@ class KroneckerFactors:
         for s in range(0, len(X), self.batch_size):
             yield X[s:s + self.batch_size], y[s:s + self.batch_size]
 
-    def _output_gradients(self, rec: _Recorder, x: torch.Tensor, y: torch.Tensor,
+    def _output_gradients(self, rec: LayerRecorder, x: torch.Tensor, y: torch.Tensor,
                           generator: torch.Generator) -> list[list[torch.Tensor]]:
         """Run the batch; return, per label draw, each layer's output gradient (b, T, out) of the per-example
         losses (weighted by sqrt(p_c) for the exact expectation)."""
@@ -249,7 +249,7 @@ class KroneckerFactors:
             layer.S = torch.zeros(layer.out_dim, layer.out_dim, dtype=torch.float64, device=device)
         was_training = self.model.training
         self.model.eval()
-        rec = _Recorder(self.layers)
+        rec = LayerRecorder(self.layers)
         try:
             generator = torch.Generator().manual_seed(self.seed)
             for x, t in tqdm(self._batches(X, y), total=math.ceil(n / self.batch_size), desc="K-FAC factors",
@@ -344,7 +344,7 @@ class KroneckerFactors:
         out = torch.zeros(len(V), len(X), dtype=torch.float64, device=device)
         was_training = self.model.training
         self.model.eval()
-        rec = _Recorder(self.layers)
+        rec = LayerRecorder(self.layers)
         try:
             for s in range(0, len(X), self.batch_size):
                 x, t = X[s:s + self.batch_size], y[s:s + self.batch_size]

@@ -72,3 +72,42 @@ class RandomProjection:
     def matrix(self) -> torch.Tensor:
         """The whole P (p, k) in float64 on the CPU (for tests and small p)."""
         return torch.cat([self._generate(j).to(torch.float64) for j in range(self.n_chunks)]) * self.scale
+
+
+class KroneckerProjection:
+    r"""A structured projection of the gradients of nn.Linear / nn.Conv2d layers (LoGra-style; Choe et al. 2024).
+
+    A layer's per-example gradient is ``G = sum_t delta_t a_t^T`` (out x in, see :mod:`precedents.linalg.kfac`).
+    Layer l gets ``k_l ~ dim * p_l / p`` of the ``dim`` features, as ``k_o x k_i`` with ``k_o = min(out,
+    ceil(sqrt(k_l)))`` and ``k_i = min(in, ceil(k_l / k_o))``, and its features are
+
+        vec(P_o^T G P_i) = sum_t (P_o^T delta_t) (x) (P_i^T a_t),
+
+    ``P_o`` (out x k_o) and ``P_i`` (in x k_i) seeded random projections (:class:`RandomProjection`), so
+    ``E ||features||^2 = ||G||^2`` and the cost is ``O(out k_o + in k_i + k_o k_i)`` per example and location
+    instead of ``O(out in dim)``: the p-dimensional gradient is never formed. The total dimension is about
+    ``dim`` (``self.dim`` says exactly).
+    """
+
+    def __init__(self, shapes: list[tuple[int, int]], dim: int, *, seed: int = 0, kind: str = "rademacher") -> None:
+        if not shapes:
+            raise PrecedentsError("KroneckerProjection needs at least one (out, in) layer shape.")
+        total = sum(o * i for o, i in shapes)
+        self.factors: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.dims: list[int] = []
+        for index, (out_dim, in_dim) in enumerate(shapes):
+            k_l = max(1, round(dim * out_dim * in_dim / total))
+            k_o = min(out_dim, math.ceil(math.sqrt(k_l)))
+            k_i = min(in_dim, math.ceil(k_l / k_o))
+            p_o = RandomProjection(out_dim, k_o, seed=seed * 1_000_003 + 2 * index, kind=kind).matrix()
+            p_i = RandomProjection(in_dim, k_i, seed=seed * 1_000_003 + 2 * index + 1, kind=kind).matrix()
+            self.factors.append((p_o, p_i))
+            self.dims.append(k_o * k_i)
+        self.dim = sum(self.dims)
+
+    def project_layer(self, index: int, deltas: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Features (b, k_o k_i) of layer ``index`` from its output gradients (b, T, out) and inputs (b, T, in)."""
+        p_o, p_i = self.factors[index]
+        u = deltas @ p_o.to(deltas.device, deltas.dtype)                  # (b, T, k_o)
+        v = inputs @ p_i.to(inputs.device, inputs.dtype)                  # (b, T, k_i)
+        return torch.einsum("bto,bti->boi", u, v).reshape(len(u), -1)

@@ -31,7 +31,8 @@ from ..adapters.torch import ForwardFn
 from ..attribution import Attribution
 from ..data import DataLike
 from ..linalg.functional import LossGradients, select_parameters
-from ..linalg.projection import RandomProjection
+from ..linalg.kfac import LayerRecorder, kronecker_layers
+from ..linalg.projection import KroneckerProjection, RandomProjection
 from .base import Estimator, collect_labelled
 
 Checkpoint = dict | nn.Module | Callable[[], Any]
@@ -62,7 +63,10 @@ class TRAK(Estimator):
         0.31 with ridge 0 or 1e-3, 0.39 at 0.3, 0.42 at 1, 0.40 at 3, 0.35 at 10; a larger ridge tends to
         gradient similarity weighted by 1 - p).
     params : ``"all"`` or a list of parameter names to differentiate.
-    projection : ``"rademacher"`` or ``"gaussian"`` (:class:`~precedents.linalg.projection.RandomProjection`).
+    projection : ``"rademacher"`` or ``"gaussian"`` (dense, :class:`~precedents.linalg.projection.RandomProjection`,
+        cost O(n p k)), or ``"kronecker"`` (structured per nn.Linear / nn.Conv2d layer,
+        :class:`~precedents.linalg.projection.KroneckerProjection`: the per-example gradients are never formed,
+        much faster; every differentiated parameter must belong to such a layer; dimension about k).
     seed : seed of the projection (one projection per model, seeded ``seed + m``).
 
     ``attribute(X, y).scores[t, i]`` = tau(t, i) (logit-margin units): positive = training example i supports
@@ -112,18 +116,56 @@ class TRAK(Estimator):
                 raise PrecedentsError(f"checkpoints[{j}] does not fit the model: {str(err).splitlines()[0]}") from err
             yield worker
 
-    def _gradients(self, model: nn.Module) -> LossGradients:
+    def _featurizer(self, model: nn.Module, m: int) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], int]:
+        """``features(X, y) -> (n, k)`` (projected margin gradients, in the model's dtype) for model m, and k."""
         names = select_parameters(model, self.params, None)
-        return LossGradients(model, names, loss_fn=margin_output, forward_fn=self.forward_fn,
-                             batch_size=self.batch_size, progress=False)
+        if self.projection == "kronecker":
+            layers = kronecker_layers(model, names)
+            proj = KroneckerProjection([(layer.out_dim, layer.in_dim) for layer in layers], self.projection_dim,
+                                       seed=self.seed + m)
+            return (lambda X, y: self._layer_features(model, layers, proj, X, y)), proj.dim
+        grads = LossGradients(model, names, loss_fn=margin_output, forward_fn=self.forward_fn,
+                              batch_size=self.batch_size, progress=False)
+        k = min(self.projection_dim, grads.n_params)
+        proj = RandomProjection(grads.n_params, k, seed=self.seed + m, kind=self.projection)
 
-    def _features(self, grads: LossGradients, proj: RandomProjection, X: torch.Tensor,
-                  y: torch.Tensor) -> torch.Tensor:
-        """Projected margin gradients (n, k), in the model's dtype (float32 for a float32 model)."""
+        def features(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = []
+            for s in range(0, len(X), self.batch_size):
+                g = grads.example_gradients(X[s:s + self.batch_size], y[s:s + self.batch_size])
+                out.append(proj.project(g.to(grads.dtype)))
+            return torch.cat(out)
+
+        return features, k
+
+    def _layer_features(self, model: nn.Module, layers: list, proj: KroneckerProjection, X: torch.Tensor,
+                        y: torch.Tensor) -> torch.Tensor:
+        """Kronecker-projected margin gradients from each layer's inputs and output gradients (hooks)."""
+        forward = self.forward_fn or (lambda mod, x: mod(x))
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        rec = LayerRecorder(layers)
+        was_training = model.training
+        model.eval()
         out = []
-        for s in range(0, len(X), self.batch_size):
-            g = grads.example_gradients(X[s:s + self.batch_size], y[s:s + self.batch_size])
-            out.append(proj.project(g.to(grads.dtype)))
+        try:
+            for s in range(0, len(X), self.batch_size):
+                x = X[s:s + self.batch_size].to(device)
+                x = x.to(dtype) if x.is_floating_point() else x
+                with torch.enable_grad():
+                    total = margin_output(forward(model, x), y[s:s + self.batch_size].to(device)).sum()
+                    grads = torch.autograd.grad(total, [rec.outputs[k] for k in range(len(layers))],
+                                                allow_unused=True)
+                parts = []
+                for k, g in enumerate(grads):
+                    a = rec.inputs[k].to(dtype)
+                    d = (rec.deltas(k, g) if g is not None else
+                         torch.zeros(len(x), a.shape[1], layers[k].out_dim, dtype=torch.float64, device=device))
+                    parts.append(proj.project_layer(k, d.to(dtype), a))
+                out.append(torch.cat(parts, dim=1).cpu())
+        finally:
+            rec.close()
+            model.train(was_training)
         return torch.cat(out)
 
     def _logits(self, model: nn.Module, X: torch.Tensor) -> torch.Tensor:
@@ -160,10 +202,8 @@ class TRAK(Estimator):
         self.features_, self.solved_, q_sum = [], [], torch.zeros(len(X), dtype=torch.float64)
         conditions = []
         for m, model in enumerate(self._models()):
-            grads = self._gradients(model)
-            k = min(self.projection_dim, grads.n_params)
-            proj = RandomProjection(grads.n_params, k, seed=self.seed + m, kind=self.projection)
-            phi = self._features(grads, proj, X, labels)
+            features, k = self._featurizer(model, m)
+            phi = features(X, labels)
             kernel = phi.to(torch.float64).T @ phi.to(torch.float64)
             kernel += self.ridge * float(kernel.diagonal().mean()) * torch.eye(k, dtype=torch.float64)
             evals, evecs = torch.linalg.eigh(kernel)
@@ -204,9 +244,8 @@ class TRAK(Estimator):
             explained = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
         scores = torch.zeros(len(Xt), self.n_train_, dtype=torch.float64)
         for m, model in enumerate(self._models()):
-            grads = self._gradients(model)
-            proj = RandomProjection(grads.n_params, self.dim_, seed=self.seed + m, kind=self.projection)
-            phi_t = self._features(grads, proj, Xt, explained)
+            features, _ = self._featurizer(model, m)
+            phi_t = features(Xt, explained)
             scores += (phi_t @ self.solved_[m].T).to(torch.float64)
         scores = scores / self.n_models_ * self.q_
         output = margin_output(logits, explained)
