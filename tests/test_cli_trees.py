@@ -74,7 +74,7 @@ def test_explain_writes_report_and_the_same_precedents_as_the_python_api(saved, 
     html = (out / "report.html").read_text()
     with open(out / "top_k.csv") as fh:
         records = list(csv.DictReader(fh))
-    assert {r["method"] for r in records} == {"RPS-LJE", "influence (exact)"}
+    assert {r["method"] for r in records} == {"rps-lje", "influence-exact"}
     # the same explanation through the Python API, on the in-memory DataFrames
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -83,7 +83,7 @@ def test_explain_writes_report_and_the_same_precedents_as_the_python_api(saved, 
         lje = pc.RepresenterLJE(model, step=1e-4, damping=damping, progress=False).fit(Xtr, ytr)
     top = lje.attribute(Xte.iloc[[0, 3]]).top(3)
     cli_pos = [int(r["train_index"]) for r in records
-               if r["method"] == "RPS-LJE" and r["test_id"] == "0" and r["kind"] == "positive"]
+               if r["method"] == "rps-lje" and r["test_id"] == "0" and r["kind"] == "positive"]
     assert cli_pos == top.positive_indices[0].tolist()
     best = int(top.positive_indices[0, 0])
     assert str(Xtr.iloc[best]["purpose"]) in html           # the precedent is shown as a table row

@@ -121,7 +121,7 @@ def test_post_hoc_alpha_cannot_see_labels(noisy_digits):
     a = pc.RepresenterL2(model, l2=WD / 2, progress=False).fit(Xtr[:500], noisy[:500])
     b = pc.RepresenterL2(model, l2=WD / 2, progress=False).fit(Xtr[:500], ytr[:500])
     torch.testing.assert_close(a.alpha_, b.alpha_)
-    assert not torch.allclose(a.self_importance(), b.self_importance())
+    assert not torch.allclose(a.self_influence(), b.self_influence())
 
 
 def test_oracle_fix_and_retrain_recovers_the_clean_model(noisy_digits):

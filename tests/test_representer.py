@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -191,7 +193,7 @@ def test_lje_reduces_to_authors_binary_formula(cancer, cancer_sigmoid):
     np.testing.assert_allclose(ones.scores.numpy(), importance.numpy(), rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(zeros.scores.numpy(), -importance.numpy(), rtol=1e-8, atol=1e-12)
     self_imp = (F * alpha).sum(1).abs()
-    np.testing.assert_allclose(ex.self_importance().numpy(), self_imp.numpy(), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(ex.self_influence().numpy(), self_imp.numpy(), rtol=1e-8, atol=1e-12)
 
 
 def test_rps_l2_on_sigmoid_head(cancer, cancer_sigmoid):
@@ -246,12 +248,12 @@ def test_dataset_and_dataloader_inputs_agree(digits, digits_mlp):
 def test_save_load_round_trip_and_refusals(cls, tmp_path, digits, digits_mlp):
     Xtr, ytr, Xte, _ = digits
     ex = cls(digits_mlp, progress=False).fit(Xtr, ytr)
-    ex.self_importance()
+    ex.self_influence()
     expected = ex.attribute(Xte).scores
     ex.save(tmp_path / "index")
     loaded = cls.load(tmp_path / "index", digits_mlp, train=(Xtr, ytr))
     torch.testing.assert_close(loaded.attribute(Xte).scores, expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(loaded.self_importance(), ex.self_importance())
+    torch.testing.assert_close(loaded.self_influence(), ex.self_influence())
     other = nn.Sequential(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
     with pytest.raises(pc.PrecedentsError, match="another model"):
         cls.load(tmp_path / "index", other)
@@ -267,7 +269,7 @@ def test_save_load_round_trip_and_refusals(cls, tmp_path, digits, digits_mlp):
 
 def test_damping_tames_condition_number(digits, digits_mlp):
     Xtr, ytr, _, _ = digits
-    plain = pc.RepresenterLJE(digits_mlp, progress=False).fit(Xtr, ytr)
+    plain = pc.RepresenterLJE(digits_mlp, damping=0.0, progress=False).fit(Xtr, ytr)
     damped = pc.RepresenterLJE(digits_mlp, damping=1e-2, progress=False).fit(Xtr, ytr)
     assert damped.hessian_condition_ < plain.hessian_condition_
     assert damped.solver_.null_dim == 0 and plain.solver_.null_dim >= 25   # softmax: d null directions
@@ -280,16 +282,25 @@ def test_ill_conditioned_head_warns(digits):
 
     model = train(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), Xtr, ytr, epochs=600)
     with pytest.warns(RuntimeWarning, match="condition number"):
-        pc.RepresenterLJE(model, progress=False).fit(Xtr, ytr)
+        exact = pc.RepresenterLJE(model, damping=0.0, progress=False).fit(Xtr, ytr)
+    # the default damps it instead, says so in diagnostics(), and the result is well conditioned
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        auto = pc.RepresenterLJE(model, progress=False).fit(Xtr, ytr)
+    diag = auto.diagnostics()
+    assert diag["undamped_hessian_condition"] == pytest.approx(exact.hessian_condition_, rel=1e-6)
+    assert diag["damping"] == pytest.approx(1e-3 * exact.solver_.largest_eigenvalue, rel=1e-6)
+    assert "condition number" in diag["damping_reason"]
+    assert auto.hessian_condition_ <= 1.01e3
 
 
-def test_self_importance_is_label_aware(digits, digits_mlp):
+def test_self_influence_is_label_aware(digits, digits_mlp):
     Xtr, ytr, _, _ = digits
     flipped = ytr.clone()
     idx = torch.arange(0, len(ytr), 20)
     flipped[idx] = (flipped[idx] + 1) % 10
     for cls in (pc.RepresenterL2, pc.RepresenterLJE):
-        scores = cls(digits_mlp, progress=False).fit(Xtr, flipped).self_importance()
+        scores = cls(digits_mlp, progress=False).fit(Xtr, flipped).self_influence()
         top = scores.argsort(descending=True)[: 2 * len(idx)]
         found = np.isin(idx.numpy(), top.numpy()).mean()
         assert found > 0.8, (cls.__name__, found)

@@ -71,7 +71,7 @@ def test_rps_lje_maps_sum_to_gradient_and_match_alpha(cnn64):
         score = alpha[i, target[t], :-1] @ f + alpha[i, target[t], -1]
         (grad,) = torch.autograd.grad(score, x)
         torch.testing.assert_close(sm.maps[t, i], grad[0], rtol=1e-8, atol=1e-12)
-    res = ex.attribute(Xt, target)
+    res = ex.attribute(Xt, target=target)
     torch.testing.assert_close(sm.scores, res.scores.to(torch.float64), rtol=1e-8, atol=1e-10)
 
 

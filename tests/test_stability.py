@@ -70,7 +70,7 @@ def test_rps_l2_refit_is_unique_from_any_start(task):
     res = stability(lambda s: pc.RepresenterL2(model, init="random", random_state=s, progress=False), train, Xte,
                     pred, seeds=(0, 1, 2), shuffle=True)
     assert res.spearman_min > 1 - 1e-6 and res.jaccard_min == 1.0 and res.relative_spread < 1e-6
-    assert "RPS-l2" in to_markdown([res])
+    assert "rps-l2" in to_markdown([res])
 
 
 def test_bad_input(task):
@@ -91,8 +91,8 @@ def test_pairwise_topk_jaccard_by_hand():
 
 def test_rowwise_spearman_matches_the_scalar_one(task):
     model, train, Xte, pred = task
-    a = pc.RepresenterL2(model, progress=False).fit(*train).attribute(Xte[:5], pred[:5]).scores
-    b = pc.InfluenceFunction(model, solver="exact", progress=False).fit(*train).attribute(Xte[:5], pred[:5]).scores
+    a = pc.RepresenterL2(model, progress=False).fit(*train).attribute(Xte[:5], target=pred[:5]).scores
+    b = pc.InfluenceFunction(model, solver="exact", progress=False).fit(*train).attribute(Xte[:5], target=pred[:5]).scores
     b[:, :50] = 0.0                                                            # ties get average ranks in both
     expected = [pc.evaluate.spearman(a[t], b[t]) for t in range(5)]
     assert rowwise_spearman(a, b) == pytest.approx(expected, abs=1e-12)

@@ -196,7 +196,7 @@ def test_params_all_is_refused_for_trees(german, xgb_german):
         pc.InfluenceFunction(xgb_german, params="all", progress=False).fit(X, y)
 
 
-def test_self_importance_ranks_flipped_labels_first(german):
+def test_self_influence_ranks_flipped_labels_first(german):
     """Flip 30 of 600 German credit labels: self-importance / self-influence put them near the top."""
     X, y, _, _ = german
     rng = np.random.default_rng(1)
@@ -211,7 +211,7 @@ def test_self_importance_ranks_flipped_labels_first(german):
         warnings.simplefilter("ignore", RuntimeWarning)
         lje = pc.RepresenterLJE(model, progress=False).fit(X, noisy)
         inf = pc.InfluenceFunction(model, solver="exact", damping=1e-3, progress=False).fit(X, noisy)
-    assert roc_auc_score(truth, lje.self_importance().numpy()) > 0.75
+    assert roc_auc_score(truth, lje.self_influence().numpy()) > 0.75
     assert roc_auc_score(truth, inf.self_influence().numpy()) > 0.75
 
 

@@ -7,22 +7,43 @@ of the test loss if that training example were removed.
 
 from . import evaluate
 from ._validation import PrecedentsError
-from .attribution import Attribution, TopK
+from .attribution import Attribution, Measurement, TopK
 from .features import feature_attributions, tcav
-from .methods import GradientSimilarity, InfluenceFunction, RepresenterL2, RepresenterLJE, TracIn
+from .methods import (
+    Explainer,
+    GradientSimilarity,
+    InfluenceFunction,
+    NotFittedError,
+    RepresenterL2,
+    RepresenterLJE,
+    TracIn,
+    available_methods,
+    clone,
+    explainer,
+    load,
+    method_info,
+)
 from .sensitivity import sensitivity_maps
 
 __all__ = [
     "Attribution",
+    "Explainer",
     "GradientSimilarity",
     "InfluenceFunction",
+    "Measurement",
+    "NotFittedError",
     "PrecedentsError",
     "RepresenterL2",
     "RepresenterLJE",
     "TopK",
     "TracIn",
+    "available_methods",
+    "clone",
     "evaluate",
+    "explainer",
     "feature_attributions",
+    "load",
+    "method_info",
     "sensitivity_maps",
     "tcav",
 ]

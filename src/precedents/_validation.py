@@ -65,3 +65,41 @@ def parse_methods(methods: str | Iterable[str], known: Iterable[str], what: str 
     if len(set(keys)) != len(keys):
         raise PrecedentsError(f"A {what} is named twice in {', '.join(keys)}.")
     return keys
+
+
+def check_scalar(name: str, value: object, *, kind: type = float, low: float | None = None,
+                 high: float | None = None, low_inclusive: bool = True, allow_none: bool = False,
+                 why: str = "") -> object:
+    """Return ``value`` if it is a finite number of ``kind`` (int or float) within ``[low, high]``, else raise a
+    :class:`PrecedentsError` naming the parameter, the value and the allowed range (``why`` says what it is for).
+    Booleans are refused as numbers; an int is accepted where a float is asked for."""
+    if value is None and allow_none:
+        return value
+    reason = f" ({why})" if why else ""
+    numeric = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, numeric):
+        try:                                       # numpy / torch scalars
+            import numbers
+
+            ok = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
+        except ImportError:  # pragma: no cover
+            ok = False
+        if not ok:
+            raise PrecedentsError(f"{name} must be {'an integer' if kind is int else 'a number'}"
+                                  f"{' or None' if allow_none else ''}, got {value!r}{reason}.")
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise PrecedentsError(f"{name} must be a finite number, got {value!r}{reason}.")
+    if low is not None and (number < low or (number == low and not low_inclusive)):
+        raise PrecedentsError(f"{name} must be {'>=' if low_inclusive else '>'} {low:g}, got {value!r}{reason}.")
+    if high is not None and number > high:
+        raise PrecedentsError(f"{name} must be <= {high:g}, got {value!r}{reason}.")
+    return value
+
+
+def check_choice(name: str, value: object, choices: Iterable[object]) -> object:
+    """Return ``value`` if it is one of ``choices``, else a :class:`PrecedentsError` listing them."""
+    choices = list(choices)
+    if not isinstance(value, (str, int, float, type(None))) or value not in choices:
+        raise PrecedentsError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}.")
+    return value

@@ -17,6 +17,40 @@ DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 BlockScorer = Callable[[int, int], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """What an attribution score measures: the explained quantity, its units and what its sign means.
+
+    ``quantity``: ``"class logit"`` (the explained class's logit, one-output heads: the signed margin),
+    ``"test loss"`` (the loss of the explained label at the test point) or ``"test margin"``;
+    ``units``: the units of one score; ``sign``: what a positive score says; ``additive``: whether the scores
+    over the whole training set add up to ``Attribution.explained``.
+    """
+
+    quantity: str
+    units: str
+    sign: str
+    additive: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quantity": self.quantity, "units": self.units, "sign": self.sign, "additive": self.additive}
+
+
+#: Representer points: each training example's term of the explained class's logit.
+LOGIT = Measurement("class logit", "logit (nats)", "positive: the training example raises the explained class's "
+                    "logit (supports the prediction; a proponent)", additive=True)
+#: Influence functions: the predicted change of the test loss if the training example were removed.
+TEST_LOSS = Measurement("test loss", "nats of test loss", "positive: removing the training example would raise the "
+                        "test loss (it supports the prediction; a proponent)")
+#: TracIn and grad-dot: first-order decrease of the test loss credited to gradient steps on the example.
+GRADIENT_DOT = Measurement("test loss", "loss-gradient dot product (nats^2 per squared parameter unit, times the "
+                           "learning rate for TracIn)", "positive: a gradient step on the training example lowers "
+                           "the test loss (it supports the prediction; a proponent)")
+#: grad-cos: cosine of the two loss gradients, dimensionless in [-1, 1].
+GRADIENT_COSINE = Measurement("test loss", "cosine of loss gradients (dimensionless, in [-1, 1])", "positive: a "
+                              "gradient step on the training example lowers the test loss (a proponent)")
+
+
 @dataclass
 class TopK:
     """The k most positive (proponents) and k most negative (opponents) training examples per test point.
@@ -63,17 +97,20 @@ class TopK:
 class Attribution:
     r"""Scores of every training example for each test point, with the sign convention of the package.
 
-    ``scores[t, i]`` is training example i's contribution to the explained output of test point t: for
-    representer methods, to the target class's logit (in logit units, nats); a positive score *supports* the
-    output (a proponent, RPS "excitatory"), a negative one opposes it. For a one-output sigmoid head and
-    target class 0 the explained output is the negated logit, so the convention holds for both classes.
+    ``scores[t, i]`` is training example i's score for test point t, as ``measurement`` states (quantity, units,
+    sign): for representer methods its contribution to the target class's logit (logit units); for influence
+    the predicted increase of the test loss if i were removed (nats). A positive score *supports* the output (a
+    proponent, RPS "excitatory"), a negative one opposes it. For a one-output sigmoid head and target class 0
+    the explained output is the negated logit, so the convention holds for both classes.
 
     Attributes
     ----------
-    method : name of the method that produced it.
-    target : (n_test,) explained class per test point.
-    explained : (n_test,) the explained head's output that the scores sum to (``scores.sum(1)``).
+    method : registry key of the method that produced it.
+    target : (n_test,) explained class per test point (for loss-based methods: the label whose loss is explained).
+    explained : (n_test,) what the method explains: for additive methods (``measurement.additive``) the output
+        the scores sum to (``scores.sum(1)``); for loss-based methods the test loss.
     model_output : (n_test,) the given model's own output for the target (same sign convention).
+    measurement : what a score measures (:class:`Measurement`).
     train_labels : (n_train,) labels of the training examples, when known.
     """
 
@@ -85,7 +122,12 @@ class Attribution:
     score_block: BlockScorer = field(repr=False)
     train_labels: torch.Tensor | None = None
     block_size: int = 8192
-    units: str = "logit"
+    measurement: Measurement = LOGIT
+
+    @property
+    def units(self) -> str:
+        """The units of one score (``measurement.units``)."""
+        return self.measurement.units
 
     @property
     def n_test(self) -> int:
@@ -141,8 +183,7 @@ class Attribution:
         """JSON-ready summary: per test point its target, explained and model outputs, and the top-k."""
         top = self.top(k)
         return {
-            "method": self.method, "units": self.units, "n_train": self.n_train,
-            "sign_convention": "positive = supports the model's output for the test point (proponent)",
+            "method": self.method, "measurement": self.measurement.to_dict(), "n_train": self.n_train,
             "test_points": [
                 {"test": t, "target": int(self.target[t]), "explained": float(self.explained[t]),
                  "model_output": float(self.model_output[t])} for t in range(self.n_test)],

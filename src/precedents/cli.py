@@ -313,7 +313,7 @@ def evaluate(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         explainer = _evaluate_explainer(key, model, args).fit(X, y)
         # influence / grad-*: attribute(X, y), the true labels; representers: attribute(X, target=true labels)
-        res = explainer.attribute(Xs, ys)
+        res = explainer.attribute(Xs, target=ys)
         scores = res.scores.detach().to(torch.float64).cpu()
         runs.append((key, scores, time.perf_counter() - start))
 

@@ -119,7 +119,7 @@ def precedents_table(run: MethodRun, pos: int, X_train: Any, y_train: np.ndarray
             row = X_train.iloc[i]
             rows.append([f"{kind}{rank}", i, float(s), classes[int(y_train[i])], classes[int(train_pred[i])],
                          *[row[c] for c in columns]])
-    units = "logit" if run.attribution.units == "logit" else "nats"
+    units = "logit" if run.attribution.measurement.additive else "nats"
     return Table(f"{run.name}: precedents ({units}; + supports the prediction, - opposes it)",
                  ["rank", "train row", "score", "label", "model says", *columns], rows)
 

@@ -196,7 +196,7 @@ def sensitivity_maps(explainer: Any, X_t: Any, train_indices: Any = None, target
 def top_sensitivity_maps(explainer: Any, X_t: Any, k: int = 2,
                          target: Any = None) -> tuple[SensitivityMaps, SensitivityMaps]:
     """Maps of the k most positive and of the k most negative precedents of each test point (for the report)."""
-    res = explainer.attribute(X_t, target)
+    res = explainer.attribute(X_t, target=target)
     top = res.top(k)
     return (sensitivity_maps(explainer, X_t, top.positive_indices, res.target),
             sensitivity_maps(explainer, X_t, top.negative_indices, res.target))

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._validation import PrecedentsError
-from .torch import ForwardFn, HeadFeatures, TorchHead
+from .torch import ForwardFn, HeadFeatures, TorchHead, TorchModel
 
 SUPPORTED_FAMILIES = (
     "torch.nn.Module classifiers ending in nn.Linear; "
@@ -67,6 +67,20 @@ def head_adapter(model: Any, layer: str | None = None, *, forward_fn: ForwardFn 
                           f"Supported: {SUPPORTED_FAMILIES}.")
 
 
+def gradient_adapter(model: Any, what: str, *, batch_size: int = 256, progress: bool = True) -> Any:
+    """The adapter of methods that differentiate through the model's parameters (TracIn, gradient similarity):
+    ``model`` (a torch module computing the logits), ``link`` (None for a torch model: read from its outputs),
+    ``batches(...)`` (for scikit-learn models labels are mapped through ``classes_``), ``fingerprint()`` and
+    ``data_fingerprint(batches)``. A tree ensemble has no differentiable parameters: refused, naming ``what``."""
+    family = model_family(model)
+    if family == "torch":
+        return TorchModel(model, batch_size=batch_size, progress=progress)
+    if family == "sklearn":
+        return head_adapter(model, batch_size=batch_size, progress=progress)
+    as_torch_module(model, what)              # raises the family's error
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def as_torch_module(model: Any, what: str) -> Any:
     """``(module, link)``: the torch module computing ``model``'s logits, for methods that differentiate through the
     model's parameters or inputs (``what`` names the method in the error). A torch model is returned as is; a
@@ -85,4 +99,5 @@ def as_torch_module(model: Any, what: str) -> Any:
                           f"Supported: {SUPPORTED_FAMILIES}.")
 
 
-__all__ = ["HeadFeatures", "SUPPORTED_FAMILIES", "TorchHead", "as_torch_module", "head_adapter", "model_family"]
+__all__ = ["HeadFeatures", "SUPPORTED_FAMILIES", "TorchHead", "TorchModel", "as_torch_module", "gradient_adapter",
+           "head_adapter", "model_family"]

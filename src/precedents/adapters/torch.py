@@ -84,7 +84,35 @@ class LinkFromOutputs:
         return 2 if self.n_outputs == 1 else self.n_outputs
 
 
-class TorchHead(LinkFromOutputs):
+class TorchModel:
+    """The data side of a PyTorch model, for methods that differentiate through it and need no head: its batches,
+    the fingerprint of its weights and of a dataset. :class:`TorchHead` adds the head view."""
+
+    link: str | None = None
+
+    def __init__(self, model: nn.Module, *, batch_size: int = 256, progress: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise PrecedentsError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        self.model = model
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.model)
+
+    def batches(self, data: DataLike, y: object = None, *, name: str = "X", require_labels: bool = False) -> Batches:
+        """The user's data as batches of tensors (see :func:`~precedents.data.make_batches`)."""
+        return make_batches(data, y, batch_size=self.batch_size, name=name, require_labels=require_labels)
+
+    def data_fingerprint(self, batches: Batches) -> str:
+        """SHA-256 of the inputs and labels, as :meth:`TorchHead.run` computes it, without running the model."""
+        fp = Fingerprint()
+        for x, y in batches:
+            fp.update(torch.as_tensor(x), y)
+        return fp.hexdigest()
+
+
+class TorchHead(LinkFromOutputs, TorchModel):
     """Adapter for an ``nn.Module`` classifier.
 
     Parameters
@@ -158,20 +186,6 @@ class TorchHead(LinkFromOutputs):
         if self.has_bias:
             w = torch.cat([w, self.layer.bias.detach().to(torch.float64).cpu()[:, None]], dim=1)
         return w
-
-    def fingerprint(self) -> str:
-        return model_fingerprint(self.model)
-
-    def batches(self, data: DataLike, y: object = None, *, name: str = "X", require_labels: bool = False) -> Batches:
-        """The user's data as batches of tensors (see :func:`~precedents.data.make_batches`)."""
-        return make_batches(data, y, batch_size=self.batch_size, name=name, require_labels=require_labels)
-
-    def data_fingerprint(self, batches: Batches) -> str:
-        """SHA-256 of the inputs and labels, as :meth:`run` computes it, without running the model."""
-        fp = Fingerprint()
-        for x, y in batches:
-            fp.update(torch.as_tensor(x), y)
-        return fp.hexdigest()
 
     def weight_decay(self, n_train: int) -> torch.Tensor | None:
         """Unknown for a plain torch model: the optimiser's weight decay is not stored in the module."""

@@ -12,11 +12,11 @@ by a per-example score (largest first), let a person check the examples in that 
 
 Self-scores (:data:`SELF_SCORES`; larger = check first, every score a function of the *given* labels):
 
-* ``rps-l2``: ``|alpha^y_{i, y_i}|`` of :meth:`RepresenterL2.self_importance`: the alpha of a head trained with
+* ``rps-l2``: ``|alpha^y_{i, y_i}|`` of :meth:`RepresenterL2.self_influence`: the alpha of a head trained with
   the l2 objective on the given labels, ``(softmax(f_i W_y) - y_i) / (-2 lambda n)`` (logit per unit feature
   similarity). The post-hoc ``alpha_`` (fitted to the model's own outputs) never sees the labels and could not
   find a flipped one.
-* ``rps-lje``: ``|(alpha_i f_i)_{y_i}|`` of :meth:`RepresenterLJE.self_importance` (logit units).
+* ``rps-lje``: ``|(alpha_i f_i)_{y_i}|`` of :meth:`RepresenterLJE.self_influence` (logit units).
 * ``influence-<solver>`` (exact, cg, lissa, arnoldi): ``(1/n) g_i^T H^-1 g_i`` of
   :meth:`InfluenceFunction.self_influence`, the predicted rise of example i's own loss if it were removed (nats).
 * ``tracin``: ``sum_k lr_k |g_i(theta_k)|^2`` of :meth:`TracIn.self_influence` over the given checkpoints (with
@@ -225,7 +225,7 @@ def _rps_l2(model: Any, X: Any, y: torch.Tensor, o: SelfScoreOptions) -> tuple[t
     from ..methods import RepresenterL2
 
     ex = RepresenterL2(model, o.layer, l2=o.l2, batch_size=o.batch_size, progress=o.progress).fit(X, y)
-    return ex.self_importance(), "|alpha| at the given label, label-refit head (logit per unit similarity)"
+    return ex.self_influence(), "|alpha| at the given label, label-refit head (logit per unit similarity)"
 
 
 @register_self_score("rps-lje")
@@ -234,7 +234,7 @@ def _rps_lje(model: Any, X: Any, y: torch.Tensor, o: SelfScoreOptions) -> tuple[
 
     ex = RepresenterLJE(model, o.layer, step=o.lje_step, damping=o.lje_damping, batch_size=o.batch_size,
                         progress=o.progress).fit(X, y)
-    return ex.self_importance(), "|representer value on itself| at the given label (logit)"
+    return ex.self_influence(), "|representer value on itself| at the given label (logit)"
 
 
 def _influence(solver: str) -> SelfScoreFn:

@@ -191,8 +191,8 @@ def sanity(make_explainer: Callable[[nn.Module], Any], model: nn.Module, randomi
         rand = make_explainer(randomized_model).fit(X, y)
         for t0 in range(0, len(Xt), chunk):
             xs, ys = Xt[t0:t0 + chunk], None if yt is None else yt[t0:t0 + chunk]
-            a = real.attribute(xs, ys).scores.to(torch.float64)
-            b = rand.attribute(xs, ys).scores.to(torch.float64)
+            a = real.attribute(xs, target=ys).scores.to(torch.float64)
+            b = rand.attribute(xs, target=ys).scores.to(torch.float64)
             rho.append(rowwise_spearman(a, b))
             jac.append(pairwise_topk_jaccard(_topk_sets(a, k, True), _topk_sets(b, k, True)))
             opp.append(pairwise_topk_jaccard(_topk_sets(a, k, False), _topk_sets(b, k, False)))
@@ -203,7 +203,7 @@ def sanity(make_explainer: Callable[[nn.Module], Any], model: nn.Module, randomi
         return float(fn(defined)) if defined.size else float("nan")
 
     return SanityResult(
-        method=name or getattr(real, "method_name", type(real).__name__), randomization=randomization,
+        method=name or getattr(real, "key", type(real).__name__), randomization=randomization,
         n_test=len(Xt), n_train=len(X), k=min(k, len(X)), spearman_mean=stat(np.mean),
         spearman_median=stat(np.median), abs_spearman_median=float(np.median(np.abs(defined))) if defined.size
         else float("nan"), spearman_p95=stat(lambda v: np.quantile(v, 0.95)),

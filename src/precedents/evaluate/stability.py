@@ -168,7 +168,7 @@ def stability(make_explainer: Callable[[int], Any], train: Any, X_test: Any, y_t
             explainer = make_explainer(s)
             fitted.append(explainer.fit(X[order], y[order]))
             orders.append(order)
-        method = name or getattr(fitted[0], "method_name", type(fitted[0]).__name__)
+        method = name or getattr(fitted[0], "key", type(fitted[0]).__name__)
         pairs = list(itertools.combinations(range(len(seeds)), 2))
         rho = {p: [] for p in pairs}
         jac = {p: [] for p in pairs}
@@ -180,7 +180,7 @@ def stability(make_explainer: Callable[[int], Any], train: Any, X_test: Any, y_t
             ys = None if yt is None else yt[t0:t0 + chunk]
             mats = []
             for explainer, order in zip(fitted, orders, strict=True):
-                res = explainer.attribute(xs, ys)
+                res = explainer.attribute(xs, target=ys)
                 permuted = res.scores.to(torch.float64)
                 scores = torch.empty_like(permuted)
                 scores[:, order] = permuted                    # column i = training example i again

@@ -145,6 +145,11 @@ class LossGradients:
         x = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
         return x, torch.as_tensor(y).to(self.device)
 
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example losses (b,) of one batch at the current parameters, without gradients."""
+        with torch.no_grad():
+            return self._losses(self.params, *self._prepare(x, y))
+
     # -- gradients -------------------------------------------------------------------------------------
     def example_gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``grad l(x_i, y_i)`` for each example of one batch, shape (b, p), float64."""

@@ -111,6 +111,7 @@ class HessianSolver:
     so CG converges to the same minimum-norm solution. ``"auto"`` is exact while ``C d <= MAX_EXACT_DIM``.
 
     Attributes: ``condition_number`` (largest / smallest eigenvalue used; for CG the Ritz estimate),
+    ``largest_eigenvalue`` (of the damped operator; for CG the Ritz estimate),
     ``null_dim`` (directions dropped, exact only), ``eigenvalues`` (exact only), ``last_residual``.
     """
 
@@ -218,6 +219,7 @@ class HessianSolver:
         self._evecs = evecs[:, keep] if basis is None else basis @ evecs[:, keep]
         self._inv = 1.0 / evals[keep]
         self.condition_number = float(evals[keep].max() / evals[keep].min())
+        self.largest_eigenvalue = float(evals[keep].max())
 
     # -- cg ------------------------------------------------------------------------------------------
     def _prepare_cg(self) -> None:
@@ -238,8 +240,10 @@ class HessianSolver:
         if spectrum is not None and len(spectrum):
             positive = spectrum[spectrum > 0]
             self.condition_number = float(positive.max() / positive.min()) if len(positive) else math.inf
+            self.largest_eigenvalue = float(positive.max()) if len(positive) else math.nan
         else:
             self.condition_number = math.nan
+            self.largest_eigenvalue = math.nan
 
     def _apply(self, v: torch.Tensor) -> torch.Tensor:
         v3 = v.reshape(len(v), self.n_outputs, self.d)

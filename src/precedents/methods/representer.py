@@ -11,15 +11,16 @@ Positive: the example supports the output (excitatory); negative: it opposes it 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._validation import PrecedentsError
+from .._validation import PrecedentsError, check_choice, check_scalar
 from ..adapters.torch import ForwardFn
-from ..attribution import BlockScorer
+from ..attribution import LOGIT, BlockScorer
 from ..linalg import (
     HessianSolver,
     head_hvp,
@@ -32,7 +33,12 @@ from ..linalg import (
 )
 from ..linalg.head import ONE_OUTPUT_LINKS
 from ..linalg.solvers import CONDITION_WARNING
-from .base import HeadExplainer
+from .base import HeadExplainer, check_common
+
+#: RPS-LJE's ``damping="auto"``: with a Hessian condition number above ``CONDITION_WARNING`` the damping is this
+#: fraction of the largest eigenvalue (the best value measured against leave-one-out retraining of tree
+#: ensembles, docs/trees_loo.md); at or below it, no damping (the paper's exact form).
+AUTO_DAMPING_FRACTION = 1e-3
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +95,12 @@ class RepresenterL2(HeadExplainer):
 
     Attributes after ``fit``: ``features_`` (n, d), ``labels_``, ``weights_`` (the refit head W*, (C, d)),
     ``alpha_`` (n, C), ``refit_`` (gradient norm, iterations, convergence), and ``fidelity()``.
-    ``self_importance()`` uses the alpha of a head refit on the *given labels* (see its docstring).
+    ``self_influence()`` uses the alpha of a head refit on the *given labels* (see its docstring).
+    Registered as ``rps-l2``; scores in logit units, additive (they sum to the refit head's logit).
     """
 
-    method_name = "RPS-l2"
+    key = "rps-l2"
+    measurement = LOGIT
     _state_arrays = ("weights", "alpha", "label_alpha")
 
     def __init__(self, model: nn.Module, layer: str | None = None, l2: float = 0.003, *, gtol: float = 1e-10,
@@ -117,9 +125,15 @@ class RepresenterL2(HeadExplainer):
             return noise * self.theta_.std()
         raise PrecedentsError(f"init must be 'model', 'zeros' or 'random', got {self.init!r}.")
 
+    def _check_params(self) -> None:
+        check_common(self)
+        check_scalar("l2", self.l2, low=0.0, low_inclusive=False, why="the representer theorem needs an l2 penalty")
+        check_scalar("gtol", self.gtol, low=0.0, low_inclusive=False)
+        check_scalar("max_iter", self.max_iter, kind=int, low=1)
+        check_scalar("random_state", self.random_state, kind=int)
+        check_choice("init", self.init, ("model", "zeros", "random"))
+
     def _fit_head(self) -> None:
-        if not self.l2 > 0:
-            raise ValueError(f"l2 must be > 0 (the representer theorem needs it), got {self.l2}")
         if self.link_ == "squared_hinge":
             raise PrecedentsError("RPS-l2 refits a head to the model's own class probabilities, and a squared-hinge "
                                   "(max-margin, e.g. LinearSVC) model has none. Use RepresenterLJE or "
@@ -144,6 +158,9 @@ class RepresenterL2(HeadExplainer):
     def _restore(self, info: dict[str, Any]) -> None:
         self.refit_ = info.get("refit", {})
 
+    def _diagnostics(self) -> dict[str, Any]:
+        return {**super()._diagnostics(), "l2": float(self.l2), "refit": dict(self.refit_)}
+
     def explained_head(self) -> torch.Tensor:
         self._check_fitted()
         return self.weights_
@@ -159,15 +176,14 @@ class RepresenterL2(HeadExplainer):
         explained = sign * (features @ self.weights_.T).gather(1, column[:, None])[:, 0]
         return score_block, explained
 
-    def self_importance(self) -> torch.Tensor:
-        r"""Label-aware self-importance for dataset debugging: ``|alpha^y_{i, y_i}|`` (n,), larger = check first.
+    def _self_influence(self) -> torch.Tensor:
+        r"""Label-aware self-influence for dataset debugging: ``|alpha^y_{i, y_i}|`` (n,), larger = check first.
 
         The post-hoc ``alpha_`` is fitted to the model's own outputs and never sees the labels, so it cannot
         reveal a flipped label. Following the seed's debugging experiment, a head is refit with the same l2
         objective on the *given labels* ``Y`` (one-hot), ``alpha^y = (softmax(F W_y^T) - Y) / (-2 l2 n)``, and
         the magnitude at each example's own label is returned (units: logit per unit feature similarity).
         """
-        self._check_fitted()
         if self.label_alpha_ is None:
             targets = targets_from_labels(self.labels_, self.theta_.shape[0])
             result = _fit_l2_head(self.features_, targets, self.theta_, self.link_, self.l2, self.gtol,
@@ -218,10 +234,12 @@ class RepresenterLJE(HeadExplainer):
     one solve per test point is needed; ``alpha_`` materialises all n (C x d) matrices on demand.
     """
 
-    method_name = "RPS-LJE"
+    key = "rps-lje"
+    measurement = LOGIT
     _state_arrays = ("anchor",)
 
-    def __init__(self, model: nn.Module, layer: str | None = None, step: float = 0.01, damping: float = 0.0, *,
+    def __init__(self, model: nn.Module, layer: str | None = None, step: float = 0.01,
+                 damping: float | str = "auto", *,
                  weight_decay: float | None = None, solver: str = "auto", cg_tol: float = 1e-10,
                  batch_size: int = 256, progress: bool = True, forward_fn: ForwardFn | None = None) -> None:
         super().__init__(model, layer, batch_size=batch_size, progress=progress, forward_fn=forward_fn)
@@ -230,6 +248,15 @@ class RepresenterLJE(HeadExplainer):
         self.weight_decay = weight_decay
         self.solver = solver
         self.cg_tol = cg_tol
+
+    def _check_params(self) -> None:
+        check_common(self)
+        check_scalar("step", self.step, low=0.0)
+        if self.damping != "auto":
+            check_scalar("damping", self.damping, low=0.0, why="damping is added to the Hessian: pass 'auto' or a "
+                         "number >= 0")
+        check_choice("solver", self.solver, ("auto", "exact", "cg"))
+        check_scalar("cg_tol", self.cg_tol, low=0.0, low_inclusive=False)
 
     def _regularizer(self) -> torch.Tensor | None:
         """The (C, d) l2 strength of the training objective (``weight_decay``, else the adapter's), or None."""
@@ -259,8 +286,7 @@ class RepresenterLJE(HeadExplainer):
         # residuals and curvature input (probabilities; for a squared-hinge head the weights 2 * 1[s z < 1])
         self.residuals_, probs = loss_derivatives(self.features_ @ self.anchor_.T, targets, self.link_)
         self.weight_decay_ = getattr(self, "weight_decay_", None) if info.get("fitting") else self._regularizer()
-        self.solver_ = HessianSolver(self.features_, probs, self.link_, damping=self.damping,
-                                     method=self.solver, cg_tol=self.cg_tol, regularizer=self.weight_decay_)
+        self._choose_damping(probs, info)
         self.hessian_condition_ = self.solver_.condition_number
         mean_grad = self.residuals_.T @ self.features_ / len(self.features_)
         self._anchor_head = self.anchor_                      # A: the part of alpha_i every example shares
@@ -273,12 +299,59 @@ class RepresenterLJE(HeadExplainer):
         if self.hessian_condition_ > CONDITION_WARNING:
             warnings.warn(
                 f"RPS-LJE: the head's Hessian has condition number {self.hessian_condition_:.2e} (damping "
-                f"{self.damping}); scores along its weakest directions are amplified by up to that factor. "
+                f"{self.damping_:g}); scores along its weakest directions are amplified by up to that factor. "
                 "Consider damping (e.g. 1e-3 times the largest eigenvalue) and compare with fidelity().",
                 RuntimeWarning, stacklevel=4)
 
+    def _choose_damping(self, probs: torch.Tensor, info: dict[str, Any]) -> None:
+        """Build the Hessian solver with the damping asked for; ``"auto"`` damps an ill-conditioned Hessian.
+
+        With ``damping="auto"`` the undamped Hessian is factorised first; if its condition number exceeds
+        ``CONDITION_WARNING`` (1e6) the damping becomes ``AUTO_DAMPING_FRACTION`` (1e-3) times its largest
+        eigenvalue, otherwise 0 (the paper's exact form, also ``damping=0``). The choice and the reason are in
+        ``damping_`` and ``diagnostics()``. A loaded index reuses the damping chosen at fit time.
+        """
+        def build(damping: float) -> HessianSolver:
+            return HessianSolver(self.features_, probs, self.link_, damping=damping, method=self.solver,
+                                 cg_tol=self.cg_tol, regularizer=self.weight_decay_)
+
+        if "damping" in info:
+            self.damping_ = float(info["damping"])
+            self.damping_reason_ = info.get("damping_reason", "")
+            self.undamped_condition_ = info.get("undamped_condition", math.nan)
+            self.solver_ = build(self.damping_)
+            return
+        if self.damping != "auto":
+            self.damping_ = float(self.damping)
+            self.damping_reason_ = "given"
+            self.solver_ = build(self.damping_)
+            self.undamped_condition_ = self.solver_.condition_number if self.damping_ == 0 else math.nan
+            return
+        solver = build(0.0)
+        self.undamped_condition_ = solver.condition_number
+        if solver.condition_number > CONDITION_WARNING and math.isfinite(solver.largest_eigenvalue):
+            self.damping_ = AUTO_DAMPING_FRACTION * solver.largest_eigenvalue
+            self.damping_reason_ = (f"auto: the undamped Hessian's condition number {solver.condition_number:.2e} "
+                                    f"exceeds {CONDITION_WARNING:.0e}, so damping = {AUTO_DAMPING_FRACTION:g} x the "
+                                    f"largest eigenvalue {solver.largest_eigenvalue:.3e}; damping=0 gives the "
+                                    "paper's exact form")
+            self.solver_ = build(self.damping_)
+        else:
+            self.damping_ = 0.0
+            self.damping_reason_ = (f"auto: the undamped Hessian is well conditioned (condition number "
+                                    f"{solver.condition_number:.2e} <= {CONDITION_WARNING:.0e}): no damping")
+            self.solver_ = solver
+
     def _info(self) -> dict[str, Any]:
-        return {"stationarity": self.stationarity_}
+        return {"stationarity": self.stationarity_, "damping": self.damping_, "damping_reason": self.damping_reason_,
+                "undamped_condition": _finite_or_none(self.undamped_condition_)}
+
+    def _diagnostics(self) -> dict[str, Any]:
+        return {**super()._diagnostics(), "step": float(self.step), "damping": self.damping_,
+                "damping_reason": self.damping_reason_, "hessian_condition": _finite_or_none(self.hessian_condition_),
+                "undamped_hessian_condition": _finite_or_none(self.undamped_condition_),
+                "stationarity": float(self.stationarity_),
+                "weight_decay": None if self.weight_decay_ is None else float(self.weight_decay_.max())}
 
     def explained_head(self) -> torch.Tensor:
         self._check_fitted()
@@ -321,7 +394,7 @@ class RepresenterLJE(HeadExplainer):
             -1, *self.anchor_.shape) for s in range(0, n, 2048)]
         return torch.cat(blocks) / n
 
-    def self_importance(self) -> torch.Tensor:
+    def _self_influence(self) -> torch.Tensor:
         r"""``|(alpha_i f_i)_{y_i}|`` (n,): each example's representer value on itself at its own label.
 
         The anchor's gradient and the g_i use the given labels, so a mislabelled example that the model does
@@ -339,3 +412,8 @@ class RepresenterLJE(HeadExplainer):
             own = (solved * self._train_gradients(start, stop)).sum(dim=1) / n
             out[start:stop] = sign[start:stop] * (anchor_term - own)
         return out.abs()
+
+
+def _finite_or_none(value: float) -> float | None:
+    """A float for JSON: None for NaN or infinity."""
+    return float(value) if math.isfinite(value) else None

@@ -31,13 +31,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import PrecedentsError
-from ..adapters import as_torch_module
+from .._validation import PrecedentsError, check_choice
+from ..adapters import gradient_adapter
 from ..adapters.torch import ForwardFn, TorchHead
-from ..attribution import Attribution
-from ..data import DataLike, make_batches
+from ..attribution import GRADIENT_COSINE, GRADIENT_DOT, Attribution, Measurement
+from ..data import DataLike
 from ..linalg.functional import LossFn, LossGradients, default_loss, loss_for_link, select_parameters
-from .base import Estimator, collect_labelled
+from .base import Explainer, check_common, collect_labelled
 
 #: Training gradients of one checkpoint are kept in memory when n * p float64 values fit in this many bytes;
 #: otherwise they are recomputed for every block of training examples that is scored.
@@ -126,43 +126,45 @@ class _Weights:
 
 # -- shared machinery ----------------------------------------------------------------------------------------
 
-class _GradientScores(Estimator):
+class _GradientScores(Explainer):
     """Scores ``sum_k c_k g_t(theta_k) . g_i(theta_k)`` over a list of weight states (TracIn, grad-dot/cos)."""
 
-    method_name = "gradient"
-    units = "loss-gradient dot product"
+    measurement = GRADIENT_DOT
+    loss_based = True
     _cosine = False
-    _missing_labels = ("is a loss-based method: attribute(X, y) needs the test labels y (the labels whose loss "
-                       "is explained; pass the model's predictions to explain them).")
 
     def _states_and_rates(self) -> tuple[list[Mapping[str, torch.Tensor]], list[float]]:  # pragma: no cover
         """The validated weight states (state dicts) and the factor of each: the subclasses' inputs."""
         raise NotImplementedError
 
-    def fit(self, train: DataLike, y: Any = None) -> _GradientScores:
-        """Store the training set and, when they fit in memory, the training gradients at every checkpoint.
+    def _check_params(self) -> None:
+        check_common(self)
+        if isinstance(self.params, str):
+            if self.params not in ("head", "all"):
+                raise PrecedentsError(f"params must be 'all', 'head' or a list of parameter names, got "
+                                      f"{self.params!r}.")
+        elif not isinstance(self.params, (list, tuple)) or not self.params or \
+                not all(isinstance(p, str) for p in self.params):
+            raise PrecedentsError(f"params must be 'all', 'head' or a non-empty list of parameter names, got "
+                                  f"{self.params!r}.")
 
-        ``train``: ``(X, y)``, or ``X`` with ``y`` given separately, a Dataset of ``(x, y)`` or a DataLoader.
-        """
-        self.module_, link = as_torch_module(self.model, type(self).__name__)
-        self.loss_fn_ = self.loss_fn or (loss_for_link(link) if link is not None else default_loss)
+    def _fit(self, train: DataLike, y: Any) -> None:
+        """Store the training set and, when they fit in memory, the training gradients at every checkpoint."""
+        adapter = gradient_adapter(self.model, type(self).__name__, batch_size=self.batch_size,
+                                   progress=self.progress)
+        self._setup(adapter)
         states, rates = self._states_and_rates()
         self.learning_rates_ = torch.tensor(rates, dtype=torch.float64)
         self.n_checkpoints_ = len(states)
         self._states = states
-        self._weights = _Weights(self.module_)
-        layer = TorchHead(self.module_, self.layer).layer_name if self.params == "head" else None
-        self.param_names_ = select_parameters(self.module_, self.params, layer)
-        named = dict(self.module_.named_parameters())
-        self.n_params_ = sum(named[n].numel() for n in self.param_names_)
-
-        batches = make_batches(train, y, batch_size=self.batch_size, name="train", require_labels=True)
+        self.model_fingerprint_ = adapter.fingerprint()
+        batches = adapter.batches(train, y, name="train", require_labels=True)
+        self.data_fingerprint_ = adapter.data_fingerprint(batches)
         with self._weights.at(states[-1]) as model:
             X, labels = collect_labelled(batches, model, self.forward_fn, "training",
-                                 "Pass (X, y), fit(X, y), or a Dataset of (x, y).")
+                                         "Pass (X, y), fit(X, y), or a Dataset of (x, y).")
         self.train_inputs_, self.labels_ = X, labels
         self.n_train_ = len(X)
-
         self._cache: list[torch.Tensor] | None = None
         if self.n_train_ * self.n_params_ * 8 <= GRADIENT_CACHE_BYTES:
             self._cache = [self._gradients(k, X, labels, f"training gradients, checkpoint {k + 1}/{len(states)}")
@@ -170,7 +172,18 @@ class _GradientScores(Estimator):
         self.train_norms_ = None
         if self._cosine:  # one checkpoint: |g_i|
             self.train_norms_ = self._squared_norms().sqrt()
-        return self
+
+    def _setup(self, adapter: Any) -> None:
+        """The torch module, its loss, a private copy to load weight states into, and the parameters."""
+        self.adapter_ = adapter
+        self.module_ = adapter.model
+        link = adapter.link
+        self.loss_fn_ = self.loss_fn or (loss_for_link(link) if link is not None else default_loss)
+        self._weights = _Weights(self.module_)
+        layer = TorchHead(self.module_, self.layer).layer_name if self.params == "head" else None
+        self.param_names_ = select_parameters(self.module_, self.params, layer)
+        named = dict(self.module_.named_parameters())
+        self.n_params_ = sum(named[n].numel() for n in self.param_names_)
 
     # -- gradients -------------------------------------------------------------------------------------
     def _gradients(self, k: int, X: torch.Tensor, y: torch.Tensor, desc: str) -> torch.Tensor:
@@ -205,25 +218,21 @@ class _GradientScores(Estimator):
         return self.module_.state_dict()
 
     # -- attribution -----------------------------------------------------------------------------------
-    def attribute(self, X: DataLike, y: Any = None) -> Attribution:
-        """Scores (n_test, n_train) of every training example for the loss of each test point's label ``y``.
+    def _attribute(self, X: DataLike, labels: Any, target: Any) -> Attribution:
+        """Scores (n_test, n_train) of every training example for the loss of each test point's label.
 
         ``explained`` and ``model_output`` of the result are the test losses (nats) of the given model at
         its weights; the scores do not sum to them.
         """
-        self._check_fitted()
-        if y is None and not isinstance(X, (tuple, list)):
-            raise PrecedentsError(f"{type(self).__name__} {self._missing_labels}")
-        batches = make_batches(X, y, batch_size=self.batch_size, name="X", require_labels=True)
+        batches = self.adapter_.batches(X, labels, name="X", require_labels=True)
         with self._weights.at(self._loss_state()) as model:
             Xt, labels = collect_labelled(batches, model, self.forward_fn, "test",
-                                  f"{type(self).__name__} {self._missing_labels}")
+                                          f"{type(self).__name__} explains a test loss: pass the test labels y.")
             g = LossGradients(model, self.param_names_, loss_fn=self.loss_fn_,
                               forward_fn=self.forward_fn, progress=False)
             bs = self.batch_size
-            with torch.no_grad():
-                losses = torch.cat([g._losses(g.params, *g._prepare(Xt[s:s + bs], labels[s:s + bs]))
-                                    for s in range(0, len(Xt), bs)]).to(torch.float64).cpu()
+            losses = torch.cat([g.losses(Xt[s:s + bs], labels[s:s + bs])
+                                for s in range(0, len(Xt), bs)]).to(torch.float64).cpu()
         # test side with the learning rate folded in: lr_k g_t(theta_k), and for cosine g_t / |g_t|
         test = [self.learning_rates_[k] * self._gradients(k, Xt, labels, f"test gradients, checkpoint {k + 1}/"
                                                           f"{self.n_checkpoints_}")
@@ -240,8 +249,56 @@ class _GradientScores(Estimator):
                 out /= norms[start:stop].clamp_min(torch.finfo(torch.float64).tiny)
             return out
 
-        return Attribution(self.method_name, labels, losses, losses, self.n_train_, score_block,
-                           train_labels=self.labels_, units=self.units)
+        return Attribution(method=self.key, target=labels, explained=losses, model_output=losses,
+                           n_train=self.n_train_, score_block=score_block, train_labels=self.labels_,
+                           measurement=self.measurement)
+
+    def _self_influence(self) -> torch.Tensor:
+        """``sum_k lr_k |g_i(theta_k)|^2`` per training example (n,): the diagonal of the training-set grad-dot
+        score matrix (for grad-cos too, whose own diagonal is identically 1 and ranks nothing). Large = the
+        example kept pulling on the model (hard, unusual or mislabelled): check those first."""
+        if self.train_norms_ is not None:
+            return self.train_norms_ ** 2
+        return self._squared_norms()
+
+    def _diagnostics(self) -> dict[str, Any]:
+        return {"params": self.params if isinstance(self.params, str) else list(self.params),
+                "n_parameters": int(self.n_params_), "n_checkpoints": int(self.n_checkpoints_),
+                "learning_rates": [float(r) for r in self.learning_rates_],
+                "gradients_cached": self._cache is not None}
+
+    # -- index -----------------------------------------------------------------------------------------
+    @classmethod
+    def _state_params(cls) -> tuple[str, ...]:
+        return ("checkpoints",)
+
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        arrays: dict[str, torch.Tensor] = {"inputs": self.train_inputs_, "labels": self.labels_,
+                                           "learning_rates": self.learning_rates_}
+        keys = list(self._states[0])
+        for k, state in enumerate(self._states):
+            for j, key in enumerate(keys):
+                arrays[f"checkpoint{k}.{j}"] = state[key]
+            if self._cache is not None:
+                arrays[f"gradients{k}"] = self._cache[k]
+        return arrays, {"n_checkpoints": self.n_checkpoints_, "state_keys": keys}
+
+    def _set_state(self, arrays: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        adapter = gradient_adapter(self.model, type(self).__name__, batch_size=self.batch_size,
+                                   progress=self.progress)
+        self._setup(adapter)
+        keys = info["state_keys"]
+        self.n_checkpoints_ = int(info["n_checkpoints"])
+        self._states = [{key: arrays[f"checkpoint{k}.{j}"] for j, key in enumerate(keys)}
+                        for k in range(self.n_checkpoints_)]
+        for k, state in enumerate(self._states):
+            _check_checkpoint(state, self.module_.state_dict(), k)
+        self.learning_rates_ = arrays["learning_rates"]
+        self.train_inputs_, self.labels_ = arrays["inputs"], arrays["labels"]
+        self.n_train_ = len(self.labels_)
+        cached = [arrays.get(f"gradients{k}") for k in range(self.n_checkpoints_)]
+        self._cache = cached if all(c is not None for c in cached) else None
+        self.train_norms_ = self._squared_norms().sqrt() if self._cosine else None
 
 
 # -- the estimators ------------------------------------------------------------------------------------------
@@ -276,7 +333,7 @@ class TracIn(_GradientScores):
     (1 GiB); otherwise they are recomputed for each block of training examples that is scored.
     """
 
-    method_name = "TracIn"
+    key = "tracin"
 
     def __init__(self, model: nn.Module, checkpoints: Sequence[Mapping[str, torch.Tensor] | str | os.PathLike],
                  params: str | list[str] = "all", *, learning_rates: Sequence[float] | float | None = None,
@@ -333,12 +390,6 @@ class TracIn(_GradientScores):
             raise PrecedentsError(f"learning_rates must be finite and non-negative; got {bad[0]}.")
         return states, rates
 
-    def self_influence(self) -> torch.Tensor:
-        """``sum_k lr_k |g_i(theta_k)|^2`` per training example (n,): the diagonal of the training-set score
-        matrix. Large = the example kept pulling on the model (hard, unusual or mislabelled): check those first."""
-        self._check_fitted()
-        return self._squared_norms()
-
 
 class GradientSimilarity(_GradientScores):
     r"""Single-checkpoint gradient similarity at the model's weights: grad-dot and grad-cos.
@@ -365,12 +416,16 @@ class GradientSimilarity(_GradientScores):
         self.forward_fn = forward_fn
 
     @property
-    def method_name(self) -> str:  # type: ignore[override]
+    def key(self) -> str:  # type: ignore[override]
         return f"grad-{self.kind}"
 
     @property
-    def units(self) -> str:  # type: ignore[override]
-        return "cosine of loss gradients" if self.kind == "cos" else "loss-gradient dot product"
+    def measurement(self) -> Measurement:  # type: ignore[override]
+        return GRADIENT_COSINE if self.kind == "cos" else GRADIENT_DOT
+
+    def _check_params(self) -> None:
+        check_choice("kind", self.kind, ("dot", "cos"))
+        super()._check_params()
 
     @property
     def _cosine(self) -> bool:  # type: ignore[override]
@@ -384,8 +439,3 @@ class GradientSimilarity(_GradientScores):
 
     def _loss_state(self) -> Mapping[str, torch.Tensor]:
         return self._states[0]
-
-    def self_influence(self) -> torch.Tensor:
-        """``|g_i|^2`` per training example (n,): the grad-dot diagonal (for both kinds)."""
-        self._check_fitted()
-        return self.train_norms_ ** 2 if self.train_norms_ is not None else self._squared_norms()

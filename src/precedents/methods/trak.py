@@ -17,25 +17,29 @@ approximation.
 from __future__ import annotations
 
 import copy
-import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from .._validation import PrecedentsError, check_labels
+from .._validation import PrecedentsError, check_choice, check_labels, check_scalar
 from ..adapters import head_adapter
 from ..adapters.torch import ForwardFn
-from ..attribution import Attribution
+from ..attribution import Attribution, Measurement
 from ..data import DataLike
 from ..linalg.functional import LossGradients, select_parameters
 from ..linalg.kfac import LayerRecorder, kronecker_layers
 from ..linalg.projection import KroneckerProjection, RandomProjection
-from .base import Estimator, collect_labelled
+from .base import Explainer, check_common, collect_labelled
 
 Checkpoint = dict | nn.Module | Callable[[], Any]
+
+#: TRAK: the explained class's margin log p / (1 - p) at the test point.
+MARGIN = Measurement("test margin", "logit margin log p / (1 - p) (nats of log-odds), to first order",
+                     "positive: the training example raises the test point's margin for the explained class "
+                     "(removing it would lower it: it supports the prediction; a proponent)")
 
 
 def margin_output(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -48,7 +52,7 @@ def margin_output(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return correct - torch.logsumexp(others, dim=1)
 
 
-class TRAK(Estimator):
+class TRAK(Explainer):
     r"""TRAK attribution (Park et al. 2023) over an ensemble of models.
 
     Parameters
@@ -69,12 +73,13 @@ class TRAK(Estimator):
         much faster; every differentiated parameter must belong to such a layer; dimension about k).
     seed : seed of the projection (one projection per model, seeded ``seed + m``).
 
-    ``attribute(X, y).scores[t, i]`` = tau(t, i) (logit-margin units): positive = training example i supports
-    test point t's margin for the explained class (y when given, else ``target``, else the predicted class).
+    ``attribute(X, target=c).scores[t, i]`` = tau(t, i) (logit-margin units): positive = training example i
+    supports test point t's margin for the explained class (``target``; default the predicted class; ``y`` is
+    not needed: TRAK explains a margin, not a loss). Registered as ``trak``.
     """
 
     key = "trak"
-    method_name = "trak"
+    measurement = MARGIN
 
     def __init__(self, model: Any, projection_dim: int = 2048, checkpoints: Sequence[Checkpoint] | None = None, *,
                  ridge: float = 1.0, params: str | list[str] = "all", projection: str = "rademacher",
@@ -180,12 +185,14 @@ class TRAK(Estimator):
         return torch.cat(out)
 
     # -- fitting ---------------------------------------------------------------------------------------
-    def fit(self, train: DataLike, y: Any = None) -> TRAK:
-        start = time.perf_counter()
-        if self.projection_dim < 1:
-            raise PrecedentsError(f"projection_dim must be >= 1, got {self.projection_dim}.")
-        if self.ridge < 0:
-            raise PrecedentsError(f"ridge must be >= 0, got {self.ridge}.")
+    def _check_params(self) -> None:
+        check_common(self)
+        check_scalar("projection_dim", self.projection_dim, kind=int, low=1)
+        check_scalar("ridge", self.ridge, low=0.0)
+        check_scalar("seed", self.seed, kind=int)
+        check_choice("projection", self.projection, ("rademacher", "gaussian", "kronecker"))
+
+    def _fit(self, train: DataLike, y: Any) -> None:
         head = head_adapter(self.model, None, forward_fn=self.forward_fn, batch_size=self.batch_size,
                             progress=self.progress)
         if head.model is None:
@@ -193,42 +200,44 @@ class TRAK(Estimator):
                                   f"{type(self.model).__name__} does not have.")
         self.head_ = head
         self.torch_model_ = head.model
+        self.model_fingerprint_ = self._model_fingerprint()
         batches = head.batches(train, y, name="train", require_labels=True)
+        self.data_fingerprint_ = head.data_fingerprint(batches)
         X, labels = collect_labelled(batches, head.model, self.forward_fn, "training",
                                      "Pass (X, y), fit(X, y) or a Dataset of (x, y).")
         self.labels_ = labels
         self.n_classes_ = head.n_classes
-        self.n_train_ = len(X)
-        self.features_, self.solved_, q_sum = [], [], torch.zeros(len(X), dtype=torch.float64)
-        conditions = []
-        for m, model in enumerate(self._models()):
-            features, k = self._featurizer(model, m)
-            phi = features(X, labels)
+        features, solved, q_sum, conditions = [], [], torch.zeros(len(X), dtype=torch.float64), []
+        models = self._models()
+        for m, model in enumerate(tqdm(models, total=self._n_models(), desc="TRAK models", unit="model",
+                                       disable=not self.progress, leave=False)):
+            featurize, k = self._featurizer(model, m)
+            phi = featurize(X, labels)
             kernel = phi.to(torch.float64).T @ phi.to(torch.float64)
             kernel += self.ridge * float(kernel.diagonal().mean()) * torch.eye(k, dtype=torch.float64)
             evals, evecs = torch.linalg.eigh(kernel)
-            floor = k * torch.finfo(torch.float64).eps * float(evals.max())
-            keep = evals > floor
+            keep = evals > k * torch.finfo(torch.float64).eps * float(evals.max())
             conditions.append(float(evals.max() / evals[keep].min()))
             inv = (evecs[:, keep] / evals[keep]) @ evecs[:, keep].T               # pseudo-inverse (PSD)
-            self.features_.append(phi)
-            self.solved_.append((phi.to(torch.float64) @ inv).to(phi.dtype))
+            features.append(phi)
+            solved.append((phi.to(torch.float64) @ inv).to(phi.dtype))
             p = torch.sigmoid(margin_output(self._logits(model, X), labels))      # p_y = sigmoid(margin)
             q_sum += 1 - p
-        self.n_models_ = len(self.features_)
+        self.features_, self.solved_ = features, solved
+        self.n_models_ = len(features)
         self.q_ = q_sum / self.n_models_
-        self.dim_ = self.features_[0].shape[1]
+        self.dim_ = features[0].shape[1]
         self.kernel_condition_ = max(conditions)
-        self.seconds_ = time.perf_counter() - start
-        return self
+        self.n_train_ = len(X)
+
+    def _n_models(self) -> int:
+        return 1 if self.checkpoints is None else len(self.checkpoints)
 
     # -- attribution -----------------------------------------------------------------------------------
-    def attribute(self, X: DataLike, y: Any = None, *, target: Any = None) -> Attribution:
+    def _attribute(self, X: DataLike, labels: Any, target: Any) -> Attribution:
         """Scores (n_test, n_train) in logit-margin units: positive = the training example supports the test
-        point's margin for the explained class (``target``, else ``y``, else the predicted class)."""
-        self._check_fitted()
-        batches = self.head_.batches(X, y, name="X", require_labels=False)
-        xs = [torch.as_tensor(x) for x, _ in batches]
+        point's margin for the explained class (``target``, default the predicted class)."""
+        xs = [torch.as_tensor(x) for x, _ in self.head_.batches(X, None, name="X")]
         if not xs:
             raise PrecedentsError("X is empty: pass at least one test point.")
         Xt = torch.cat(xs)
@@ -237,38 +246,67 @@ class TRAK(Estimator):
             t = torch.as_tensor(target)
             explained = check_labels(t.expand(len(Xt)) if t.ndim == 0 else t, self.n_classes_, len(Xt),
                                      name="target")
-        elif y is not None or isinstance(X, (tuple, list)):
-            ys = [torch.as_tensor(b) for _, b in self.head_.batches(X, y, name="X", require_labels=True)]
-            explained = check_labels(torch.cat(ys), self.n_classes_, len(Xt))
         else:
             explained = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
         scores = torch.zeros(len(Xt), self.n_train_, dtype=torch.float64)
         for m, model in enumerate(self._models()):
-            features, _ = self._featurizer(model, m)
-            phi_t = features(Xt, explained)
-            scores += (phi_t @ self.solved_[m].T).to(torch.float64)
+            featurize, _ = self._featurizer(model, m)
+            scores += (featurize(Xt, explained) @ self.solved_[m].T).to(torch.float64)
         scores = scores / self.n_models_ * self.q_
         output = margin_output(logits, explained)
 
         def score_block(start: int, stop: int) -> torch.Tensor:
             return scores[:, start:stop]
 
-        return Attribution("trak", explained, output, output, self.n_train_, score_block,
-                           train_labels=self.labels_, units="margin")
+        return Attribution(method=self.key, target=explained, explained=output, model_output=output,
+                           n_train=self.n_train_, score_block=score_block, train_labels=self.labels_,
+                           measurement=self.measurement)
 
-    def self_influence(self) -> torch.Tensor:
+    def _self_influence(self) -> torch.Tensor:
         """``tau(i, i)`` per training example (n,), logit-margin units: the example's own leverage on its margin,
         weighted by ``1 - p``; large for unusual or mislabelled examples."""
-        self._check_fitted()
         total = sum((phi * solved).sum(1).to(torch.float64) for phi, solved in zip(self.features_, self.solved_,
                                                                                     strict=True))
         return total / self.n_models_ * self.q_
 
-    def diagnostics(self) -> dict[str, Any]:
-        """Cost and conditioning facts: projection dimension, models, ridge, kernel condition number, seconds."""
-        self._check_fitted()
-        return {"projection_dim": self.dim_, "n_models": self.n_models_, "ridge": self.ridge,
-                "projection": self.projection, "kernel_condition_number": self.kernel_condition_,
-                "fit_seconds": self.seconds_, "n_train": self.n_train_,
-                "feature_megabytes": 2 * self.n_models_ * self.n_train_ * self.dim_ * 4 / 2**20,
-                "mean_one_minus_p": float(self.q_.mean()) if not math.isnan(float(self.q_.mean())) else None}
+    def _diagnostics(self) -> dict[str, Any]:
+        """Cost and conditioning: projection dimension, models, ridge, kernel condition number, feature memory."""
+        return {"projection_dim": int(self.dim_), "n_models": int(self.n_models_), "ridge": float(self.ridge),
+                "projection": self.projection, "kernel_condition_number": float(self.kernel_condition_),
+                "feature_megabytes": float(sum(f.numel() * f.element_size() * 2 for f in self.features_) / 2**20),
+                "mean_one_minus_p": float(self.q_.mean())}
+
+    # -- index -----------------------------------------------------------------------------------------
+    @classmethod
+    def _state_params(cls) -> tuple[str, ...]:
+        return ("checkpoints",)
+
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        arrays: dict[str, torch.Tensor] = {"labels": self.labels_, "q": self.q_}
+        for m in range(self.n_models_):
+            arrays[f"features{m}"], arrays[f"solved{m}"] = self.features_[m], self.solved_[m]
+        keys: list[str] = []
+        if self.checkpoints is not None:
+            for m, model in enumerate(self._models()):
+                state = model.state_dict()
+                keys = list(state)
+                for j, key in enumerate(keys):
+                    arrays[f"checkpoint{m}.{j}"] = state[key].detach().cpu().clone()
+        return arrays, {"n_models": self.n_models_, "n_classes": self.n_classes_, "dim": self.dim_,
+                        "kernel_condition": self.kernel_condition_, "from_checkpoints": self.checkpoints is not None,
+                        "state_keys": keys}
+
+    def _set_state(self, arrays: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        head = head_adapter(self.model, None, forward_fn=self.forward_fn, batch_size=self.batch_size,
+                            progress=self.progress)
+        self.head_, self.torch_model_ = head, head.model
+        self.labels_, self.q_ = arrays["labels"], arrays["q"]
+        self.n_models_, self.n_classes_, self.dim_ = int(info["n_models"]), int(info["n_classes"]), int(info["dim"])
+        self.kernel_condition_ = float(info["kernel_condition"])
+        self.features_ = [arrays[f"features{m}"] for m in range(self.n_models_)]
+        self.solved_ = [arrays[f"solved{m}"] for m in range(self.n_models_)]
+        if info.get("from_checkpoints"):
+            keys = info["state_keys"]
+            self.checkpoints = [{key: arrays[f"checkpoint{m}.{j}"] for j, key in enumerate(keys)}
+                                for m in range(self.n_models_)]
+        self.n_train_ = len(self.labels_)

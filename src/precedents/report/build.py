@@ -65,7 +65,7 @@ def method_tables(runs: Sequence[MethodRun], X_test: Any) -> list[Table]:
             faith_rows.append([run.name, train["prediction_agreement"], train["max_probability_difference"],
                                test["prediction_agreement"], test["max_probability_difference"],
                                test["max_logit_difference"], _diagnostic(ex)])
-        if res.units == "logit":               # loss-based scores do not decompose the loss
+        if res.measurement.additive:             # loss-based scores do not decompose the loss
             gap = (res.scores.sum(1) - res.explained).abs().max()
             decomp_rows.append([run.name, float(gap), float((res.explained - res.model_output).abs().max())])
         cost_rows.append([run.name, run.fit_seconds, run.attribute_seconds, res.n_test, res.n_train])
@@ -142,7 +142,7 @@ def build_report(title: str, intro: str, runs: Sequence[MethodRun], *, fidelity_
             res = run.attribution
             note = (f"explains class {_label(res.target[pos], class_names)}: scores sum to "
                     f"{float(res.explained[pos]):+.3f} (model logit {float(res.model_output[pos]):+.3f})")
-            if res.units == "loss":
+            if not res.measurement.additive:
                 note = (f"explains the loss of class {_label(res.target[pos], class_names)} "
                         f"({float(res.model_output[pos]):.3f} nats): a score is the predicted increase of that "
                         "loss if the training example were removed")
