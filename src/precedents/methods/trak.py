@@ -73,17 +73,18 @@ class TRAK(Explainer):
         much faster; every differentiated parameter must belong to such a layer; dimension about k).
     seed : seed of the projection (one projection per model, seeded ``seed + m``).
 
-    ``attribute(X, target=c).scores[t, i]`` = tau(t, i) (logit-margin units): positive = training example i
-    supports test point t's margin for the explained class (``target``; default the predicted class; ``y`` is
-    not needed: TRAK explains a margin, not a loss). Registered as ``trak``.
+    ``attribute(X, y).scores[t, i]`` = tau(t, i) (logit-margin units): positive = training example i supports
+    test point t's margin for label ``y[t]`` (or ``target``; pass the predictions to explain those). Registered as
+    ``trak``.
     """
 
     key = "trak"
     measurement = MARGIN
+    loss_based = True          # it explains the margin of a given label (the training side is the true labels')
 
     def __init__(self, model: Any, projection_dim: int = 2048, checkpoints: Sequence[Checkpoint] | None = None, *,
                  ridge: float = 1.0, params: str | list[str] = "all", projection: str = "rademacher",
-                 seed: int = 0, batch_size: int = 128, progress: bool = True,
+                 seed: int = 0, batch_size: int = 256, progress: bool = True,
                  forward_fn: ForwardFn | None = None) -> None:
         self.model = model
         self.projection_dim = projection_dim
@@ -236,18 +237,20 @@ class TRAK(Explainer):
     # -- attribution -----------------------------------------------------------------------------------
     def _attribute(self, X: DataLike, labels: Any, target: Any) -> Attribution:
         """Scores (n_test, n_train) in logit-margin units: positive = the training example supports the test
-        point's margin for the explained class (``target``, default the predicted class)."""
+        point's margin for the explained label."""
         xs = [torch.as_tensor(x) for x, _ in self.head_.batches(X, None, name="X")]
         if not xs:
             raise PrecedentsError("X is empty: pass at least one test point.")
         Xt = torch.cat(xs)
         logits = self._logits(self.torch_model_, Xt)
-        if target is not None:
-            t = torch.as_tensor(target)
-            explained = check_labels(t.expand(len(Xt)) if t.ndim == 0 else t, self.n_classes_, len(Xt),
-                                     name="target")
-        else:
+        if labels is None and isinstance(X, tuple):
+            labels = X[1]
+        chosen = labels if labels is not None else target
+        if chosen is None:                                   # not reached through attribute(): it asks for labels
             explained = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+        else:
+            t = torch.as_tensor(chosen)
+            explained = check_labels(t.expand(len(Xt)) if t.ndim == 0 else t, self.n_classes_, len(Xt))
         scores = torch.zeros(len(Xt), self.n_train_, dtype=torch.float64)
         for m, model in enumerate(self._models()):
             featurize, _ = self._featurizer(model, m)
