@@ -10,6 +10,7 @@ from ._validation import PrecedentsError
 from .attribution import Attribution, Measurement, TopK
 from .features import feature_attributions, tcav
 from .methods import (
+    TRAK,
     Explainer,
     GradientSimilarity,
     InfluenceFunction,
@@ -35,6 +36,7 @@ __all__ = [
     "PrecedentsError",
     "RepresenterL2",
     "RepresenterLJE",
+    "TRAK",
     "TopK",
     "TracIn",
     "available_methods",
