@@ -289,9 +289,9 @@ def test_ill_conditioned_head_warns(digits):
         auto = pc.RepresenterLJE(model, progress=False).fit(Xtr, ytr)
     diag = auto.diagnostics()
     assert diag["undamped_hessian_condition"] == pytest.approx(exact.hessian_condition_, rel=1e-6)
-    assert diag["damping"] == pytest.approx(1e-3 * exact.solver_.largest_eigenvalue, rel=1e-6)
-    assert "condition number" in diag["damping_reason"]
-    assert auto.hessian_condition_ <= 1.01e3
+    assert diag["damping"] > 0 and diag["train_logit_gap"] <= 0.1 + 1e-12
+    assert "training logits" in diag["damping_reason"]
+    assert auto.hessian_condition_ < exact.hessian_condition_
 
 
 def test_self_influence_is_label_aware(digits, digits_mlp):

@@ -35,10 +35,10 @@ from ..linalg.head import ONE_OUTPUT_LINKS
 from ..linalg.solvers import CONDITION_WARNING
 from .base import HeadExplainer, check_common
 
-#: RPS-LJE's ``damping="auto"``: with a Hessian condition number above ``CONDITION_WARNING`` the damping is this
-#: fraction of the largest eigenvalue (the best value measured against leave-one-out retraining of tree
-#: ensembles, docs/trees_loo.md); at or below it, no damping (the paper's exact form).
-AUTO_DAMPING_FRACTION = 1e-3
+#: RPS-LJE's ``damping="auto"``: the fractions of the Hessian's largest eigenvalue tried after 0, and the relative
+#: training-logit gap between the explained head and the model that counts as faithful (see ``_choose_damping``).
+AUTO_DAMPING_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+AUTO_FIDELITY_GAP = 0.1
 
 log = logging.getLogger(__name__)
 
@@ -288,37 +288,58 @@ class RepresenterLJE(HeadExplainer):
         self.weight_decay_ = getattr(self, "weight_decay_", None) if info.get("fitting") else self._regularizer()
         self._choose_damping(probs, info)
         self.hessian_condition_ = self.solver_.condition_number
-        mean_grad = self.residuals_.T @ self.features_ / len(self.features_)
-        self._anchor_head = self.anchor_                      # A: the part of alpha_i every example shares
-        if self.weight_decay_ is not None:
-            penalty_grad = self.weight_decay_ * self.anchor_
-            mean_grad = mean_grad + penalty_grad
-            self._anchor_head = self.anchor_ - self.solver_.solve(penalty_grad[None])[0]
-        self.correction_ = self.solver_.solve(mean_grad[None])[0]
-        self.explained_head_ = self.anchor_ - self.correction_
+        self._anchor_head, self.correction_, self.explained_head_ = self._expansion(self.solver_)
         if self.hessian_condition_ > CONDITION_WARNING:
             warnings.warn(
                 f"RPS-LJE: the head's Hessian has condition number {self.hessian_condition_:.2e} (damping "
                 f"{self.damping_:g}); scores along its weakest directions are amplified by up to that factor. "
-                "Consider damping (e.g. 1e-3 times the largest eigenvalue) and compare with fidelity().",
-                RuntimeWarning, stacklevel=4)
+                "Consider damping='auto' and compare with fidelity().", RuntimeWarning, stacklevel=4)
+
+    def _expansion(self, solver: HessianSolver) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(A, H^+ grad J(Theta_hat), Theta_hat - H^+ grad J(Theta_hat))``: the part of alpha_i every example
+        shares (A = Theta_hat without the penalty's share), the Newton correction, and the explained head."""
+        mean_grad = self.residuals_.T @ self.features_ / len(self.features_)
+        shared = self.anchor_
+        if self.weight_decay_ is not None:
+            penalty_grad = self.weight_decay_ * self.anchor_
+            mean_grad = mean_grad + penalty_grad
+            shared = self.anchor_ - solver.solve(penalty_grad[None])[0]
+        correction = solver.solve(mean_grad[None])[0]
+        return shared, correction, self.anchor_ - correction
+
+    def _logit_gap(self, head: torch.Tensor) -> float:
+        """Mean absolute difference between ``head``'s training logits and the model's, relative to the model's
+        mean absolute logit (both centred across classes for softmax, where a shared shift changes nothing)."""
+        explained, logits = self.features_ @ head.T, self.model_logits_
+        if self.link_ == "softmax":
+            explained = explained - explained.mean(1, keepdim=True)
+            logits = logits - logits.mean(1, keepdim=True)
+        return float((explained - logits).abs().mean() / logits.abs().mean().clamp_min(1e-300))
 
     def _choose_damping(self, probs: torch.Tensor, info: dict[str, Any]) -> None:
-        """Build the Hessian solver with the damping asked for; ``"auto"`` damps an ill-conditioned Hessian.
+        """Build the Hessian solver with the damping asked for; ``"auto"`` picks the least damping that keeps the
+        decomposition faithful to the given model.
 
-        With ``damping="auto"`` the undamped Hessian is factorised first; if its condition number exceeds
-        ``CONDITION_WARNING`` (1e6) the damping becomes ``AUTO_DAMPING_FRACTION`` (1e-3) times its largest
-        eigenvalue, otherwise 0 (the paper's exact form, also ``damping=0``). The choice and the reason are in
-        ``damping_`` and ``diagnostics()``. A loaded index reuses the damping chosen at fit time.
+        The expansion explains the head one Newton step from the anchor. Where the given head is not a stationary
+        point of the training loss (a tree ensemble's head, a network trained with early stopping or Adam) or the
+        Hessian is ill conditioned, that step leaves the model: the explained head's logits differ from the
+        model's, and the scores then explain another model. ``damping="auto"`` tries ``0`` (the paper's exact
+        form) and then ``AUTO_DAMPING_GRID`` times the Hessian's largest eigenvalue, in increasing order, and keeps
+        the first whose explained head reproduces the model's training logits to within
+        ``AUTO_FIDELITY_GAP`` (10%, mean absolute difference relative to the mean absolute logit); if none does,
+        the one with the smallest gap. Damping is a trust region on the Newton step: large damping tends to
+        gradient similarity on the head. The choice, the reason and every gap tried are in ``diagnostics()``; a
+        loaded index reuses the damping chosen at fit time; ``damping=0`` is the paper's exact form.
         """
         def build(damping: float) -> HessianSolver:
             return HessianSolver(self.features_, probs, self.link_, damping=damping, method=self.solver,
                                  cg_tol=self.cg_tol, regularizer=self.weight_decay_)
 
+        self.damping_path_: list[dict[str, float]] = info.get("damping_path", [])
         if "damping" in info:
             self.damping_ = float(info["damping"])
             self.damping_reason_ = info.get("damping_reason", "")
-            self.undamped_condition_ = info.get("undamped_condition", math.nan)
+            self.undamped_condition_ = info.get("undamped_condition") or math.nan
             self.solver_ = build(self.damping_)
             return
         if self.damping != "auto":
@@ -329,27 +350,41 @@ class RepresenterLJE(HeadExplainer):
             return
         solver = build(0.0)
         self.undamped_condition_ = solver.condition_number
-        if solver.condition_number > CONDITION_WARNING and math.isfinite(solver.largest_eigenvalue):
-            self.damping_ = AUTO_DAMPING_FRACTION * solver.largest_eigenvalue
-            self.damping_reason_ = (f"auto: the undamped Hessian's condition number {solver.condition_number:.2e} "
-                                    f"exceeds {CONDITION_WARNING:.0e}, so damping = {AUTO_DAMPING_FRACTION:g} x the "
-                                    f"largest eigenvalue {solver.largest_eigenvalue:.3e}; damping=0 gives the "
-                                    "paper's exact form")
-            self.solver_ = build(self.damping_)
+        top = solver.largest_eigenvalue
+        best: tuple[float, float, HessianSolver] | None = None
+        for fraction in (0.0, *AUTO_DAMPING_GRID):
+            if fraction:
+                if not math.isfinite(top):
+                    break
+                solver = build(fraction * top)
+            gap = self._logit_gap(self._expansion(solver)[2])
+            self.damping_path_.append({"damping": fraction * top if fraction else 0.0, "fraction": fraction,
+                                       "train_logit_gap": gap, "condition": _finite_or_none(solver.condition_number)})
+            if best is None or gap < best[1]:
+                best = (fraction * top if fraction else 0.0, gap, solver)
+            if gap <= AUTO_FIDELITY_GAP and solver.condition_number <= CONDITION_WARNING:
+                best = (fraction * top if fraction else 0.0, gap, solver)
+                break
+        self.damping_, gap, self.solver_ = best
+        if self.damping_ == 0:
+            self.damping_reason_ = (f"auto: undamped, the explained head reproduces the model's training logits "
+                                    f"to {gap:.1%} (the paper's exact form)")
         else:
-            self.damping_ = 0.0
-            self.damping_reason_ = (f"auto: the undamped Hessian is well conditioned (condition number "
-                                    f"{solver.condition_number:.2e} <= {CONDITION_WARNING:.0e}): no damping")
-            self.solver_ = solver
+            self.damping_reason_ = (f"auto: {self.damping_ / top:g} x the largest eigenvalue {top:.3e}, the least "
+                                    f"damping whose explained head reproduces the model's training logits to "
+                                    f"{gap:.1%} (undamped: {self.damping_path_[0]['train_logit_gap']:.1%}, "
+                                    f"condition number {self.undamped_condition_:.2e}); damping=0 gives the paper's "
+                                    "exact form")
 
     def _info(self) -> dict[str, Any]:
         return {"stationarity": self.stationarity_, "damping": self.damping_, "damping_reason": self.damping_reason_,
-                "undamped_condition": _finite_or_none(self.undamped_condition_)}
+                "undamped_condition": _finite_or_none(self.undamped_condition_), "damping_path": self.damping_path_}
 
     def _diagnostics(self) -> dict[str, Any]:
         return {**super()._diagnostics(), "step": float(self.step), "damping": self.damping_,
                 "damping_reason": self.damping_reason_, "hessian_condition": _finite_or_none(self.hessian_condition_),
                 "undamped_hessian_condition": _finite_or_none(self.undamped_condition_),
+                "damping_path": self.damping_path_, "train_logit_gap": self._logit_gap(self.explained_head_),
                 "stationarity": float(self.stationarity_),
                 "weight_decay": None if self.weight_decay_ is None else float(self.weight_decay_.max())}
 
