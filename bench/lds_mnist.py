@@ -184,18 +184,16 @@ def dattri_trak(projection_dim: int, n_models: int = 1):
 
         model = load_model(ctx["cache"])
 
-        def margin(params, data):                      # dattri's MNIST TRAK example: the margin as the loss
+        def margin(params, data):                      # dattri's MNIST TRAK example: the margin log p / (1 - p)
             image, label = data
-            logits = functional_call(model, params, image)
-            correct = logits[..., label]
-            others = logits.clone()
-            others[..., label] = -torch.inf
-            return -(correct - torch.logsumexp(others, dim=-1)).sum()
+            logp = -nn.functional.cross_entropy(functional_call(model, params, image.unsqueeze(0)),
+                                                label.unsqueeze(0))
+            return logp - torch.log(1 - torch.exp(logp))
 
         def probability(params, data):
             image, label = data
             logits = functional_call(model, params, image.unsqueeze(0))
-            return torch.softmax(logits, -1)[0, label]
+            return torch.exp(-nn.functional.cross_entropy(logits, label.unsqueeze(0)))
 
         checkpoints = [torch.load(ctx["cache"] / "models" / f"seed{s}.pt", weights_only=True)
                        for s in range(n_models)]
@@ -206,7 +204,8 @@ def dattri_trak(projection_dim: int, n_models: int = 1):
         test = DataLoader(TensorDataset(ctx["Xt"], ctx["yt"]), batch_size=64, shuffle=False)
         attributor.cache(train)
         scores = attributor.attribute(test).T                 # dattri: (n_train, n_test)
-        return scores, {"sign": "dattri TRAK scores as returned (positive = supports; loss = -margin)"}
+        return scores, {"sign": "dattri TRAK scores as returned (gradients of the margin on both sides: positive = "
+                                "supports, no flip)"}
     return run
 
 
