@@ -434,7 +434,7 @@ def _cpu_model() -> str:
 
 def prepare(workdir: Path, loo_cache: str | None) -> dict:
     from precedents.datasets import binary_subset, load_mnist
-    from precedents.evaluate.loo import LogisticRegressionRetrainer, leave_one_out
+    from precedents.evaluate import LogisticRegressionRetrainer, leave_one_out
 
     X, y = binary_subset(*load_mnist("train"))
     Xte, yte = binary_subset(*load_mnist("test"))

@@ -32,7 +32,8 @@ from torch import nn
 
 import precedents as pc
 from precedents.datasets import load_mnist
-from precedents.evaluate.loo import leave_one_out, warm_start_retrainer
+from precedents.evaluate import leave_one_out, warm_start_retrainer
+from precedents.models import train_classifier
 
 CONFIGS = {
     # name: (depth, width, weight decay)
@@ -63,50 +64,13 @@ class SmallCNN(nn.Module):
         return self.fc(self.features(x))
 
 
-def objective(model: nn.Module, X: torch.Tensor, y: torch.Tensor, wd: float) -> torch.Tensor:
-    loss = nn.functional.cross_entropy(model(X), y)
-    return loss + wd / 2 * sum((p * p).sum() for p in model.parameters())
-
-
-def lbfgs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, wd: float, max_iter: int) -> float:
-    """Full-batch L-BFGS on the objective; returns the final gradient norm."""
-    opt = torch.optim.LBFGS(model.parameters(), max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=0,
-                            history_size=50, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = objective(model, X, y, wd)
-        loss.backward()
-        return loss
-    opt.step(closure)
-    model.zero_grad()
-    grads = torch.autograd.grad(objective(model, X, y, wd), list(model.parameters()))
-    return float(torch.cat([gr.reshape(-1) for gr in grads]).norm())
-
-
-def lbfgs_retrainer(model: nn.Module, X: torch.Tensor, y: torch.Tensor, wd: float, max_iter: int):
-    """Retrain to the optimum without the removed points: full-batch L-BFGS warm-started from the optimum."""
-    import copy
-
-    def retrain(keep: torch.Tensor) -> nn.Module:
-        clone = copy.deepcopy(model)
-        keep = keep.to(X.device)
-        lbfgs(clone, X[keep], y[keep], wd, max_iter)
-        return clone.eval()
-    return retrain
-
-
 def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, wd: float, epochs: int, seed: int) -> float:
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(epochs):
-        perm = torch.randperm(len(X), generator=g).to(X.device)
-        for s in range(0, len(X), 128):
-            idx = perm[s:s + 128]
-            opt.zero_grad()
-            objective(model, X[idx], y[idx], wd).backward()
-            opt.step()
-    return lbfgs(model, X, y, wd, max_iter=2000)
+    """Adam on mean CE + wd/2 ||theta||^2 (Adam's weight_decay adds wd * theta to the gradient: the same objective),
+    then full-batch L-BFGS on it to a small gradient; returns the final gradient norm."""
+    train_classifier(model, X, y, epochs=epochs, batch_size=128, lr=3e-3, weight_decay=wd, seed=seed, progress=False)
+    converged = warm_start_retrainer(model, X, y, steps=2000, lr=1.0, weight_decay=wd, optimizer="lbfgs").retrain()
+    model.load_state_dict(converged.state_dict())
+    return converged.fit_info_["gradient_norm"]
 
 
 def run_config(name: str, args: argparse.Namespace) -> dict:
@@ -137,15 +101,15 @@ def run_config(name: str, args: argparse.Namespace) -> dict:
                                    progress=False).fit(X, y)
     scores = inf.attribute(Xt[t:t + 1], yt[t:t + 1]).scores
     top = scores[0].abs().argsort(descending=True)[: args.top]
-    if args.retrain == "lbfgs":
-        retrain = lbfgs_retrainer(model, X, y, wd, args.steps)
+    if args.retrain == "lbfgs":        # to the optimum without the removed points, from the optimum
+        retrain = warm_start_retrainer(model, X, y, steps=args.steps, lr=1.0, weight_decay=wd, optimizer="lbfgs")
     else:
         retrain = warm_start_retrainer(model, X, y, steps=args.steps, lr=args.lr, weight_decay=wd)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = Path(args.log_dir or out)
     log.mkdir(parents=True, exist_ok=True)
-    loo = leave_one_out(retrain, Xt[t:t + 1], yt[t:t + 1], top, n_train=len(X), results_path=log / f"{name}.jsonl",
+    loo = leave_one_out(retrain, Xt[t:t + 1], yt[t:t + 1], top, results_path=log / f"{name}.jsonl",
                         progress=args.progress)
     corr = loo.correlate(scores)
     result = {"config": name, "depth": depth, "width": width, "weight_decay": wd,

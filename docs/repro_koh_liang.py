@@ -41,7 +41,13 @@ from torch import nn
 
 import precedents as pc
 from precedents.datasets import binary_subset, load_mnist
-from precedents.evaluate.loo import LogisticRegressionRetrainer, leave_one_out
+from precedents.evaluate import (
+    FromScratchRetrainer,
+    LogisticRegressionRetrainer,
+    Retrainer,
+    leave_one_out,
+    warm_start_retrainer,
+)
 
 WD = 0.01
 N_TEST, N_TOP, N_RANDOM, SEED = 5, 50, 50, 0
@@ -109,55 +115,29 @@ def pairs_of(selection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 # -- the dattri-style model: minibatch SGD without weight decay, truth by retraining from scratch ---------------
 
-class SGDFromScratch:
+def sgd_from_scratch(X: torch.Tensor, y: torch.Tensor, *, epochs: int = 20, batch: int = 64, lr: float = 0.01,
+                     seed: int = SEED, common_batches: bool = False) -> Retrainer:
     """``nn.Linear(784, 2)`` trained from a seeded initialisation by minibatch SGD (lr 0.01, 20 epochs, batch 64,
-    no weight decay) on the kept examples, reshuffled every epoch by a seeded generator.
+    no weight decay) on the kept examples, reshuffled every epoch by a seeded generator: the library's retrainers.
 
-    ``common_batches=False`` (a training script rerun on the smaller data set): the same seed shuffles n - 1
-    examples differently from n, so every batch after the removed point's first appearance differs.
-    ``common_batches=True``: every epoch shuffles all n indices the same way and the removed point is dropped from
-    its batch (each kept example keeps its weight), so retrains differ by the removal only.
+    ``common_batches=False`` (a training script rerun on the smaller data set, ``FromScratchRetrainer``): the same
+    seed shuffles n - 1 examples differently from n, so every batch after the removed point's first appearance
+    differs. ``common_batches=True`` (``warm_start_retrainer`` from the same initialisation): every epoch shuffles
+    all n indices the same way and the removed point is dropped from its batch (each kept example keeps its
+    weight), so retrains differ by the removal only.
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        init = nn.Linear(X.shape[1], 2, dtype=torch.float64)
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, *, epochs: int = 20, batch: int = 64, lr: float = 0.01,
-                 seed: int = SEED, common_batches: bool = False) -> None:
-        self.X, self.y = X.to(torch.float32).numpy(), y.numpy()
-        self.n_train = len(X)
-        self.epochs, self.batch, self.lr, self.seed = epochs, batch, lr, seed
-        self.common_batches = common_batches
+    def sgd(Xk: torch.Tensor, yk: torch.Tensor, s: int) -> Retrainer:
+        return warm_start_retrainer(init, Xk, yk, steps=epochs * math.ceil(len(Xk) / batch), lr=lr, weight_decay=0.0,
+                                    batch_size=batch, seed=s)
 
-    def __call__(self, keep: torch.Tensor) -> nn.Linear:
-        rng = np.random.default_rng(self.seed)
-        d = self.X.shape[1]
-        bound = 1 / math.sqrt(d)                              # nn.Linear's default initialisation range
-        W = rng.uniform(-bound, bound, (2, d)).astype(np.float32)
-        b = rng.uniform(-bound, bound, 2).astype(np.float32)
-        keep = keep.numpy()
-        if self.common_batches:
-            X, y, order_of = self.X, self.y, self.n_train
-            weight = np.float32(self.n_train / keep.sum())
-        else:
-            X, y, order_of = self.X[keep], self.y[keep], int(keep.sum())
-            weight = np.float32(1.0)
-        for _ in range(self.epochs):
-            perm = rng.permutation(order_of)
-            for s in range(0, order_of, self.batch):
-                batch = perm[s:s + self.batch]
-                idx = batch[keep[batch]] if self.common_batches else batch
-                scale = weight / np.float32(len(batch))
-                xb = X[idx]
-                z = xb @ W.T + b
-                z -= z.max(axis=1, keepdims=True)
-                p = np.exp(z)
-                p /= p.sum(axis=1, keepdims=True)
-                p[np.arange(len(idx)), y[idx]] -= 1.0
-                W -= self.lr * scale * (p.T @ xb)
-                b -= self.lr * scale * p.sum(axis=0)
-        model = nn.Linear(d, 2)
-        with torch.no_grad():
-            model.weight.copy_(torch.from_numpy(W))
-            model.bias.copy_(torch.from_numpy(b))
-        return model.eval()
+    if common_batches:
+        return sgd(X, y, seed)
+    return FromScratchRetrainer(lambda Xk, yk, s: sgd(Xk, yk, s).retrain(), X, y, seed=seed, name="sgd_from_scratch",
+                                params={"epochs": epochs, "batch": batch, "lr": lr, "init_seed": seed})
 
 
 # -- output -----------------------------------------------------------------------------------------------------
@@ -278,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     main_rows, ablation_rows = rows[:len(methods)], rows[len(methods):]
 
     # -- the dattri-style training --------------------------------------------------------------------------
-    sgd = SGDFromScratch(Xtr, ytr)
+    sgd = sgd_from_scratch(Xtr, ytr)
     start = time.perf_counter()
-    sgd_model = sgd(torch.ones(len(Xtr), dtype=torch.bool)).double()
+    sgd_model = sgd.retrain()
     sgd_seconds = time.perf_counter() - start
     sgd_scores, sgd_inf_seconds, _ = run_method(influence(sgd_model, Xtr, ytr, Xt, yt, solver="exact", damping=WD))
     stationarity = pc.InfluenceFunction(sgd_model, solver="cg", progress=False).fit(Xtr, ytr).stationarity_
@@ -288,13 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     sgd_union, sgd_pairs = pairs_of(sgd_selection)
     sgd_truths = {}
     for common in (False, True):
-        retrain_sgd = SGDFromScratch(Xtr, ytr, common_batches=common)
-        sgd_truths[common] = leave_one_out(lambda m, r=retrain_sgd: r(m).double(), Xt, yt, sgd_union,
-                                           n_train=len(Xtr),
+        sgd_truths[common] = leave_one_out(sgd_from_scratch(Xtr, ytr, common_batches=common), Xt, yt, sgd_union,
                                            results_path=OUT / f"loo_sgd{'_common' if common else ''}.jsonl")
     sgd_corr = {k: t.correlate(sgd_scores, pairs=sgd_pairs) for k, t in sgd_truths.items()}
     # how far apart two SGD runs on the same data land: another seed
-    other = SGDFromScratch(Xtr, ytr, seed=SEED + 1)(torch.ones(len(Xtr), dtype=torch.bool)).double()
+    other = sgd_from_scratch(Xtr, ytr, seed=SEED + 1).retrain()
     with torch.no_grad():
         seed_gap = (nn.functional.cross_entropy(other(Xt), yt, reduction="none")
                     - nn.functional.cross_entropy(sgd_model(Xt), yt, reduction="none")).abs()

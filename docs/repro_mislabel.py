@@ -42,7 +42,14 @@ import torch
 from torch import nn
 
 from precedents.datasets import binary_subset, load_german_credit, load_mnist, one_hot
-from precedents.evaluate import fit_logistic_regression, flip_labels, mislabel
+from precedents.evaluate import (
+    FromScratchRetrainer,
+    LogisticRegressionRetrainer,
+    fit_logistic_regression,
+    flip_labels,
+    mislabel,
+    warm_start_retrainer,
+)
 from precedents.evaluate.mislabel import accuracy, apply_corrections, oracle_corrections
 from precedents.models import MnistCNN, train_classifier
 
@@ -69,17 +76,14 @@ def subset(n_total: int, n: int, seed: int) -> np.ndarray:
 
 def sgd_checkpoints(X: torch.Tensor, y: torch.Tensor, n_classes: int, epochs: int = 5, lr: float = 0.1,
                     batch: int = 64) -> tuple[nn.Linear, list[dict], list[float]]:
-    """Minibatch SGD on mean CE + wd/2 ||theta||^2 (float64), saving the weights after every epoch (TracIn)."""
+    """Minibatch SGD on mean CE + wd/2 ||theta||^2 (float64), saving the weights after every epoch (TracIn): one
+    epoch of the library's warm-start retrainer at a time."""
     torch.manual_seed(SEED)
     model = nn.Linear(X.shape[1], n_classes, dtype=torch.float64)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=WD)
-    g = torch.Generator().manual_seed(SEED)
     states = []
-    for _ in range(epochs):
-        for idx in torch.randperm(len(X), generator=g).split(batch):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
-            opt.step()
+    for epoch in range(epochs):
+        model = warm_start_retrainer(model, X, y, steps=-(-len(X) // batch), lr=lr, weight_decay=WD,
+                                     batch_size=batch, seed=SEED + epoch).retrain()
         states.append(copy.deepcopy(model.state_dict()))
     # TracIn's per-example step: lr / batch for a mean-loss minibatch step, each example seen once per epoch
     return model, states, [lr / batch] * epochs
@@ -94,9 +98,7 @@ def logistic_setting(name: str, Xtr: torch.Tensor, ytr: torch.Tensor, Xte: torch
     res, caught = scored(model, Xtr, noisy, flipped=flipped, l2=WD / 2, weight_decay=WD, lje_damping=WD,
                          checkpoints=states, learning_rates=rates)
 
-    def retrain(labels: torch.Tensor) -> nn.Module:
-        return fit_logistic_regression(Xtr, labels, n_classes, WD, init=model)
-
+    retrain = LogisticRegressionRetrainer(Xtr, noisy, n_classes, WD)       # the exact optimum for any labels
     return finish(name, res, model, retrain, noisy, ytr, Xte, yte, n_classes, display, {
         "model": f"nn.Linear({Xtr.shape[1]}, {n_classes}) at the exact optimum, weight decay {WD}",
         "n_train": len(Xtr), "n_test": len(Xte), "flip_fraction": flip,
@@ -117,9 +119,9 @@ def scored(model, X, y, **settings):
 
 def finish(name: str, res, model, retrain, noisy, clean, Xte, yte, n_classes, display, info) -> dict:
     n = len(noisy)
-    acc_noisy = accuracy(retrain(noisy), Xte, yte)        # the same retraining procedure on the noisy labels
+    acc_noisy = accuracy(retrain.retrain(y=noisy), Xte, yte)   # the same retraining procedure on the noisy labels
     info["test_accuracy_model"] = accuracy(model, Xte, yte)
-    acc_clean = accuracy(retrain(clean), Xte, yte)
+    acc_clean = accuracy(retrain.retrain(y=clean), Xte, yte)
     rows = {}
     for method in res.methods:
         curve = res.curve(method)
@@ -130,7 +132,7 @@ def finish(name: str, res, model, retrain, noisy, clean, Xte, yte, n_classes, di
         for fraction in FRACTIONS:
             fixes = oracle_corrections(res.order(method), noisy, clean, int(round(fraction * n)))
             fixed = apply_corrections(noisy, fixes, n_classes)
-            row[f"accuracy_fixed@{fraction:.0%}"] = accuracy(retrain(fixed), Xte, yte)
+            row[f"accuracy_fixed@{fraction:.0%}"] = accuracy(retrain.retrain(y=fixed), Xte, yte)
         row["curve"] = [float(v) for v in curve[1][:: max(1, n // 200)]]
         rows[method] = row
         print(f"  {name} {method:18s} auc {row['auc']:.3f} roc {row['roc_auc']:.3f} found@10% "
@@ -235,11 +237,13 @@ def run_cnn(epochs: int = 150, n_train: int = 2000, flip: float = 0.2, batch: in
                          lje_damping=1e-3, checkpoints=states, learning_rates=[1e-3] * len(states))
     retrained = {}
 
-    def retrain(labels: torch.Tensor) -> nn.Module:          # the whole CNN, same initialisation and schedule
+    def train_fn(X: torch.Tensor, labels: torch.Tensor, seed: int) -> nn.Module:   # the whole CNN, same schedule
         key = hashlib.sha256(labels.numpy().tobytes()).hexdigest()
         if key not in retrained:
             retrained[key] = model if torch.equal(labels, noisy) else train(labels)[0]
         return retrained[key]
+
+    retrain = FromScratchRetrainer(train_fn, Xtr, noisy, seed=SEED)
 
     return finish("cnn", res, model, retrain, noisy, ytr, Xte, yte, 10,
                   {"title": "MNIST 10 classes, CNN", "retrain": "whole CNN retrained"}, {

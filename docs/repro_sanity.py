@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import precedents as pc
-from precedents.evaluate import label_randomized_model, reinitialize, sanity
+from precedents.evaluate import FromScratchRetrainer, label_randomized_model, reinitialize, sanity
 from precedents.evaluate.sanity import (
     CHANGED_JACCARD,
     CHANGED_SPEARMAN,
@@ -59,11 +59,11 @@ def main() -> int:
     model, ckpts, X, y = task["model"], task["checkpoints"], task["X"], task["y"]
     kept = {}
 
-    def retrain(Xr: torch.Tensor, yr: torch.Tensor) -> torch.nn.Module:
-        trained, kept["checkpoints"], _ = train_with_checkpoints(Xr, yr)
+    def train_fn(Xr: torch.Tensor, yr: torch.Tensor, seed: int) -> torch.nn.Module:
+        trained, kept["checkpoints"], _ = train_with_checkpoints(Xr, yr, seed=seed)
         return trained
 
-    random_labels, y_random = label_randomized_model(retrain, X, y, seed=0)
+    random_labels, y_random = label_randomized_model(FromScratchRetrainer(train_fn, X, y), seed=0)
     random_label_ckpts = kept["checkpoints"]
     with torch.no_grad():
         fit_random = float((random_labels(X).argmax(1) == y_random).double().mean())

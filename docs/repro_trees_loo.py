@@ -31,7 +31,14 @@ from torch import nn
 import precedents as pc
 from precedents.adapters.trees import TreeHead, categorical_frame
 from precedents.datasets import load_german_credit
-from precedents.evaluate import LogisticRegressionRetrainer, fit_logistic_regression, leave_one_out, pearson, spearman
+from precedents.evaluate import (
+    FromScratchRetrainer,
+    LogisticRegressionRetrainer,
+    fit_logistic_regression,
+    leave_one_out,
+    pearson,
+    spearman,
+)
 
 HERE = Path(__file__).resolve().parent
 PARAMS = {
@@ -69,21 +76,13 @@ class TestMargins(nn.Module):
         return torch.from_numpy(self.head.ensemble.margins(rows))
 
 
-class Retrain:
-    """``retrain(keep_mask)``: the same family, seed and parameters fitted on the kept rows (cached by mask)."""
+def retrainer(family: str, X: Any, y: np.ndarray, X_test: Any) -> FromScratchRetrainer:
+    """``retrain(keep_mask)``: the same family, seed and parameters fitted on the kept rows (cached by mask), as
+    the test points' margins."""
+    def train_fn(Xk: Any, yk: torch.Tensor, seed: int) -> TestMargins:
+        return TestMargins(make_model(family).fit(Xk, yk.numpy()), X_test)
 
-    def __init__(self, family: str, X: Any, y: np.ndarray, X_test: Any) -> None:
-        self.family, self.X, self.y, self.X_test = family, X, y, X_test
-        self.n_train = len(y)
-        self._cache: dict[bytes, TestMargins] = {}
-
-    def __call__(self, keep_mask: torch.Tensor) -> nn.Module:
-        key = np.packbits(keep_mask.numpy()).tobytes()
-        if key not in self._cache:
-            keep = keep_mask.numpy()
-            model = make_model(self.family).fit(self.X.iloc[keep], self.y[keep])
-            self._cache[key] = TestMargins(model, self.X_test)
-        return self._cache[key]
+    return FromScratchRetrainer(train_fn, X, y, name=f"make_model({family!r})", params=PARAMS[family], cache=True)
 
 
 def signed_margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -142,15 +141,15 @@ def run_family(family: str, points: int, n_test: int, dampings: list[float], pro
     rand = np.random.default_rng(1).choice(rest, points - len(top), replace=False)
     indices = np.concatenate([top, rand])
 
-    retrain = Retrain(family, Xtr, ytr, Xs)
+    retrain = retrainer(family, Xtr, ytr, Xs)
     reference = retrain(torch.ones(len(ytr), dtype=torch.bool))
     given = torch.from_numpy(head.ensemble.margins(head.ensemble.prepare(Xs, "test")))[:, 0]
     same = float((reference(torch.arange(len(Xs)))[:, 0] - given).abs().max())
     idx = torch.arange(len(Xs))
     t0 = time.perf_counter()
-    loss_truth = leave_one_out(retrain, idx, torch.from_numpy(ys), indices, n_train=len(ytr),
+    loss_truth = leave_one_out(retrain, idx, torch.from_numpy(ys), indices,
                                results_path=HERE / "trees" / f"loo_{family}_loss.jsonl", progress=progress)
-    margin_truth = leave_one_out(retrain, idx, torch.from_numpy(preds), indices, n_train=len(ytr),
+    margin_truth = leave_one_out(retrain, idx, torch.from_numpy(preds), indices,
                                  results_path=HERE / "trees" / f"loo_{family}_margin.jsonl", progress=progress,
                                  loss_fn=signed_margin_loss)
     loo_seconds = time.perf_counter() - t0

@@ -28,7 +28,7 @@ import torch
 
 from precedents import InfluenceFunction
 from precedents.datasets import binary_subset, load_mnist
-from precedents.evaluate.loo import LogisticRegressionRetrainer, fit_logistic_regression
+from precedents.evaluate import LogisticRegressionRetrainer
 from precedents.methods.perturbation import training_set_attack
 from precedents.report.html import Case, Example, MethodPanel, Report, Table, write_html
 
@@ -64,14 +64,11 @@ def main() -> int:
     yt = torch.tensor(yb)
 
     start = time.perf_counter()
-    retrainer = LogisticRegressionRetrainer(X, y, 2, WEIGHT_DECAY)       # exact optimum + Hessian factor
-    model = retrainer.base_model
+    # exact optimum + Hessian factor; each attack step retrains to the exact optimum again, warm-started at the
+    # original optimum, the Newton systems preconditioned by its Hessian
+    retrain = LogisticRegressionRetrainer(X, y, 2, WEIGHT_DECAY)
+    model = retrain.base_model
     fit_seconds = time.perf_counter() - start
-
-    def retrain(X_mod: torch.Tensor, y_mod: torch.Tensor) -> torch.nn.Module:
-        # exact optimum again, warm-started at the original optimum, Newton systems preconditioned by its Hessian
-        return fit_logistic_regression(X_mod, y_mod, 2, WEIGHT_DECAY, init=model, tol=1e-10,
-                                       preconditioner=retrainer.hessian_factor_)
 
     influence = InfluenceFunction(model, params="head", solver="cg", weight_decay=WEIGHT_DECAY, progress=False,
                                   solver_options={"tol": 1e-8}).fit(X, y)
@@ -110,7 +107,7 @@ def main() -> int:
     p_random = retrained_prob((res.original + EPSILON * random_sign).clamp(0, 1))
     p_opposite = retrained_prob((res.original - EPSILON * torch.sign(res.i_pert)).clamp(0, 1))
     with torch.no_grad():
-        p_removed = float(torch.softmax(retrainer(torch.arange(N_TRAIN) != i)(Xt[main_j:main_j + 1]), 1)[0, yt[main_j]])
+        p_removed = float(torch.softmax(retrain(torch.arange(N_TRAIN) != i)(Xt[main_j:main_j + 1]), 1)[0, yt[main_j]])
 
     # removal influence of all training images on the test point, for context
     attribution = influence.attribute(Xt[main_j:main_j + 1], yt[main_j:main_j + 1])

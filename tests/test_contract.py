@@ -56,7 +56,7 @@ def problem():
 
 def build(key: str, model: nn.Module, **params) -> pc.Explainer:
     extra = REQUIRED[key](model) if key in REQUIRED else {}
-    return pc.explainer(key, model, progress=False, **{**extra, **params})
+    return pc.explainer(key, model, **{"progress": False, **extra, **params})
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +258,27 @@ def test_bad_inputs_get_clear_errors(key, fitted, problem):
             est.attribute(Xte)
     with pytest.raises(pc.PrecedentsError, match="target|labels"):
         est.attribute(Xte, yte, target=12)
+
+
+@pytest.mark.parametrize("key", [k for k in METHODS if k not in REQUIRED])
+def test_every_method_reads_data_through_the_adapters(key):
+    """A scikit-learn model fitted on string labels: every method maps them through ``classes_`` (the adapters are
+    the one way into the data), and a class *name* works as ``target``."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    names = np.where(y == 1, "benign", "malignant")
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit(X[:200], names[:200])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        est = pc.explainer(key, clf, progress=False).fit(X[:200], names[:200])
+    res = est.attribute(X[200:205], names[200:205])
+    assert res.scores.shape == (5, 200) and torch.isfinite(res.scores).all()
+    by_name = est.attribute(X[200:205], names[200:205], target="malignant")
+    if est.loss_based:           # the loss of label "malignant" at every test point
+        same = est.attribute(X[200:205], np.array(["malignant"] * 5))
+    else:                        # the logit of class "malignant", by its index in classes_
+        same = est.attribute(X[200:205], target=list(clf.classes_).index("malignant"))
+    torch.testing.assert_close(by_name.scores, same.scores, rtol=0, atol=0)

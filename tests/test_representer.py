@@ -262,7 +262,7 @@ def test_save_load_round_trip_and_refusals(cls, tmp_path, digits, digits_mlp):
     wrong = pc.RepresenterLJE if cls is pc.RepresenterL2 else pc.RepresenterL2
     with pytest.raises(pc.PrecedentsError, match="index"):
         wrong.load(tmp_path / "index", digits_mlp)
-    (tmp_path / "index" / "features.npy").write_bytes(b"corrupt")
+    next((tmp_path / "index").glob("**/features.npy")).write_bytes(b"corrupt")
     with pytest.raises(pc.PrecedentsError, match="corrupt"):
         cls.load(tmp_path / "index", digits_mlp)
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import precedents as pc
-from precedents.evaluate import label_randomized_model, randomize_labels, reinitialize, sanity
+from precedents.evaluate import FromScratchRetrainer, label_randomized_model, randomize_labels, reinitialize, sanity
 from precedents.evaluate.sanity import SanityResult, parameterised_layers, to_markdown
 
 METHODS = {
@@ -77,11 +77,11 @@ def test_label_randomisation(digits):
 
     seen = {}
 
-    def retrain(X: torch.Tensor, y: torch.Tensor) -> nn.Module:
+    def train_fn(X: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
         seen["y"] = y
         return nn.Linear(X.shape[1], 10)
 
-    model, y_used = label_randomized_model(retrain, Xtr, ytr, seed=0)
+    model, y_used = label_randomized_model(FromScratchRetrainer(train_fn, Xtr, ytr), seed=0)
     assert isinstance(model, nn.Linear) and torch.equal(seen["y"], y_rand) and torch.equal(y_used, y_rand)
 
 

@@ -64,9 +64,13 @@ def test_rps_l2_refit_is_unique_from_any_start(task):
     starts = [pc.RepresenterL2(model, init="random", random_state=s, progress=False) for s in (0, 1)]
     fitted = [ex.fit(*train) for ex in starts]
     assert not torch.allclose(fitted[0]._start(), fitted[1]._start())          # really different starts
-    assert torch.allclose(fitted[0].weights_, fitted[1].weights_, atol=1e-8)     # strictly convex: one optimum
+    # strictly convex: one optimum. The objective mean CE + l2 ||W||^2 is 2 l2-strongly convex, so two refits that
+    # stop at gradient norms g_a, g_b lie within (g_a + g_b) / (2 l2) of each other (an independent bound)
     zeros = pc.RepresenterL2(model, init="zeros", progress=False).fit(*train)
-    assert torch.allclose(zeros.weights_, fitted[0].weights_, atol=1e-8)
+    g = [ex.diagnostics()["refit"]["gradient_norm"] for ex in (*fitted, zeros)]
+    l2 = fitted[0].l2
+    assert float((fitted[0].weights_ - fitted[1].weights_).norm()) <= (g[0] + g[1]) / (2 * l2)
+    assert float((zeros.weights_ - fitted[0].weights_).norm()) <= (g[2] + g[0]) / (2 * l2)
     res = stability(lambda s: pc.RepresenterL2(model, init="random", random_state=s, progress=False), train, Xte,
                     pred, seeds=(0, 1, 2), shuffle=True)
     assert res.spearman_min > 1 - 1e-6 and res.jaccard_min == 1.0 and res.relative_spread < 1e-6
@@ -92,7 +96,8 @@ def test_pairwise_topk_jaccard_by_hand():
 def test_rowwise_spearman_matches_the_scalar_one(task):
     model, train, Xte, pred = task
     a = pc.RepresenterL2(model, progress=False).fit(*train).attribute(Xte[:5], target=pred[:5]).scores
-    b = pc.InfluenceFunction(model, solver="exact", progress=False).fit(*train).attribute(Xte[:5], target=pred[:5]).scores
+    b = pc.InfluenceFunction(model, solver="exact", progress=False).fit(*train).attribute(Xte[:5],
+                                                                                          target=pred[:5]).scores
     b[:, :50] = 0.0                                                            # ties get average ranks in both
     expected = [pc.evaluate.spearman(a[t], b[t]) for t in range(5)]
     assert rowwise_spearman(a, b) == pytest.approx(expected, abs=1e-12)

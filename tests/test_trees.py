@@ -247,7 +247,7 @@ def test_columns_are_matched_by_name_and_mismatches_named(german, xgb_german):
         head.batches(np.zeros((3, X.shape[1])))
     with pytest.raises(pc.PrecedentsError, match="'duration'.*text"):
         head.batches(Xt.assign(duration="long"))
-    with pytest.raises(pc.PrecedentsError, match="class indices"):
+    with pytest.raises(pc.PrecedentsError, match=r"labels \['good'\] that the model does not know.*\[0, 1\]"):
         head.batches(Xt, np.array(["good"] * len(Xt)))
 
 

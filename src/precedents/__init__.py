@@ -5,9 +5,10 @@ the test point (a proponent; RPS "excitatory"); for loss-based methods the score
 of the test loss if that training example were removed.
 """
 
-from . import evaluate
+from . import evaluate, glassbox
 from ._validation import PrecedentsError
 from .attribution import Attribution, Measurement, TopK
+from .counterfactual import counterfactuals
 from .features import feature_attributions, tcav
 from .methods import (
     TRAK,
@@ -41,9 +42,11 @@ __all__ = [
     "TracIn",
     "available_methods",
     "clone",
+    "counterfactuals",
     "evaluate",
     "explainer",
     "feature_attributions",
+    "glassbox",
     "load",
     "method_info",
     "sensitivity_maps",

@@ -3,7 +3,11 @@
 The adapters are the only place that knows a model family. Every adapter offers the same interface (see
 :class:`~precedents.adapters.torch.TorchHead`, the reference implementation):
 
-* ``batches(data, y, *, name, require_labels)``: the user's data as :class:`~precedents.data.Batches`;
+* ``batches(data, y, *, name, require_labels)``: the user's data as :class:`~precedents.data.Batches`, checked as
+  they are read (NaN/inf inputs, missing labels, text labels, a shuffled DataLoader); floating inputs cast to the
+  model's dtype; estimators with ``classes_`` (scikit-learn, tree ensembles) map labels through it;
+* ``target_indices(target, n)``: the class to explain per test point as indices (n,), a class name mapped through
+  ``classes_`` where the estimator has them, else refused with the reason;
 * ``run(batches, what=...) -> HeadFeatures``: features (n, d) float64 with the constant column, the model's own
   logits (n, C), labels and a data fingerprint;
 * ``theta()``: the (C, d) head, ``logits = features @ theta.T``;
@@ -14,6 +18,11 @@ The adapters are the only place that knows a model family. Every adapter offers 
   parameter is not penalised, e.g. an intercept), or None when the adapter cannot know it;
 * ``model``: a ``torch.nn.Module`` computing the logits from the batches' inputs, or None (tree ensembles),
   for methods that differentiate through the whole network.
+
+Methods that differentiate through ``model`` start at :class:`~precedents.linalg.functional.LossGradients`, which
+makes the head path's checks on the model (:func:`~precedents.adapters.torch.check_gradient_model`: finite
+weights, logits not probabilities, the head last, eval mode); :func:`~precedents.adapters.torch.probe_logits` runs
+the model on a few examples with errors that name the given and the expected input.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from .._validation import PrecedentsError
-from ..data import Batches, DataLike
+from ..data import Batches, DataLike, labels_to_indices, target_indices
 from .torch import TorchHead
 
 SKLEARN_SUPPORTED = ("LogisticRegression (l2 or no penalty; binary or multinomial), SGDClassifier "
@@ -284,37 +284,31 @@ class SklearnHead(TorchHead):
         except (TypeError, ValueError) as err:
             raise PrecedentsError(f"{name} could not be read as a numeric array: {err}") from err
         if array.ndim != 2 or array.shape[1] != self.n_features:
+            hint = (f" For one example, add the batch axis: {name}.reshape(1, -1)."
+                    if array.ndim == 1 and len(array) == self.n_features else "")
             raise PrecedentsError(f"{name} has shape {array.shape}, but the {type(self.estimator).__name__} expects "
-                                  f"(n, {self.n_features}): one row per example, {self.n_features} features.")
+                                  f"(n, {self.n_features}): one row per example, {self.n_features} features.{hint}")
         return torch.from_numpy(np.ascontiguousarray(array))
 
-    def _labels(self, y: Any, n: int) -> torch.Tensor:
-        if isinstance(y, torch.Tensor):
-            y = y.detach().cpu().numpy()
-        values = np.asarray(y).reshape(-1) if not hasattr(y, "to_numpy") else y.to_numpy().reshape(-1)
-        if len(values) != n:
-            raise PrecedentsError(f"X and y have different lengths: {n} examples but {len(values)} labels.")
-        try:
-            known = np.isin(values, self.classes)
-        except TypeError:
-            known = np.zeros(len(values), dtype=bool)
-        if not known.all():
-            bad = list(dict.fromkeys(values[~known].tolist()))[:5]
-            raise PrecedentsError(f"y holds labels {bad} that the model does not know; its classes are "
-                                  f"{self.classes.tolist()}. Pass the labels the model was fitted with.")
-        order = np.argsort(self.classes, kind="stable")
-        index = order[np.searchsorted(self.classes[order], values)]
-        return torch.from_numpy(index.astype(np.int64))
+    def target_indices(self, target: Any, n: int) -> torch.Tensor:
+        """The explained class per test point as indices into ``classes_`` (n,): a class label of the estimator
+        (e.g. ``"setosa"``) is mapped through ``classes_``; a number is an index 0..C-1, as for every model."""
+        return target_indices(target, n, len(self.classes), self.classes)
 
     def batches(self, data: DataLike, y: object = None, *, name: str = "X", require_labels: bool = False) -> Batches:
-        """Features as float64 (columns checked against the estimator), labels mapped to class indices."""
-        if isinstance(data, (tuple, list)) and y is None and len(data) == 2:
+        """Features as float64 (columns checked against the estimator), labels mapped to class indices through the
+        estimator's ``classes_`` (so string labels work). Only a tuple is read as ``(X, y)``; a list is rows."""
+        if isinstance(data, tuple) and y is None:
+            if len(data) != 2:
+                raise PrecedentsError(f"{name} as a tuple must be (X, y); got a tuple of length {len(data)}. Pass "
+                                      "a list or an array for rows of inputs.")
             data, y = data
         X = self._inputs(data, name)
-        labels = None if y is None else self._labels(y, len(X))
+        labels = None if y is None else labels_to_indices(y, self.classes, len(X))
         if require_labels and labels is None:
-            raise PrecedentsError(f"{name} needs labels: pass (X, y) or fit(X, y).")
-        return Batches((X, labels), self.batch_size, len(X), has_labels=labels is not None)
+            raise PrecedentsError(f"{name} needs labels: pass (X, y) as a tuple, or fit(X, y).")
+        return Batches((X, labels), self.batch_size, len(X), has_labels=labels is not None, name=name,
+                       dtype=torch.float64, finite=True, require_labels=require_labels, tensors=True)
 
 
 def sklearn_head(model: Any, layer: str | None = None, *, batch_size: int = 256, progress: bool = True) -> SklearnHead:

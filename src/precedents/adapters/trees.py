@@ -53,8 +53,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import PrecedentsError
-from ..data import Batches, Fingerprint
+from .._validation import PrecedentsError, check_scalar
+from ..data import Batches, Fingerprint, labels_to_indices, target_indices
 from .torch import HeadFeatures, LinkFromOutputs
 
 #: What ``TreeHead`` accepts, named in every refusal.
@@ -179,7 +179,9 @@ def check_columns(X: Any, names: list[str] | None, n_features: int, what: str, f
         X = X.detach().cpu().numpy()
     X = np.asarray(X)
     if X.ndim != 2:
-        raise PrecedentsError(f"The {what} data must be a 2-D table (rows x features), got shape {X.shape}.")
+        hint = (" For one example, add the batch axis: X.reshape(1, -1)." if X.ndim == 1 and len(X) == n_features
+                else "")
+        raise PrecedentsError(f"The {what} data must be a 2-D table (rows x features), got shape {X.shape}.{hint}")
     if X.dtype == object:
         raise PrecedentsError(f"The {what} data are a numpy array of Python objects: pass a pandas DataFrame "
                               "(categorical columns as 'category' dtype) or a numeric array.")
@@ -520,7 +522,7 @@ class TreeHead(LinkFromOutputs):
     def __init__(self, model: Any, *, batch_size: int = 4096, progress: bool = True) -> None:
         self.estimator = model
         self.ensemble = ensemble_of(model)
-        self.batch_size = max(int(batch_size), 1)
+        self.batch_size = check_scalar("batch_size", batch_size, kind=int, low=1)
         self.progress = progress
 
     # -- the head ----------------------------------------------------------------------------------------------
@@ -561,45 +563,65 @@ class TreeHead(LinkFromOutputs):
         checked against the model's features (names when the model has them, else the count) and reordered to
         the model's order.
         """
-        if isinstance(data, (tuple, list)) and y is None and len(data) == 2:
+        if isinstance(data, tuple) and y is None:
+            if len(data) != 2:
+                raise PrecedentsError(f"{name} as a tuple must be (X, y); got a tuple of length {len(data)}. Pass "
+                                      "a list, an array or a DataFrame for rows of inputs.")
             data, y = data
+        if isinstance(data, (torch.utils.data.Dataset, torch.utils.data.DataLoader)):
+            raise PrecedentsError(f"{name}: a tree ensemble takes a table (an array or a DataFrame of features), not "
+                                  f"a {type(data).__name__}.")
         X = self.ensemble.prepare(data, name)
         n = len(X)
         labels = None
         if y is not None:
-            values = y.to_numpy() if hasattr(y, "to_numpy") else (y.detach().cpu().numpy()
-                                                                  if isinstance(y, torch.Tensor) else np.asarray(y))
-            if values.dtype == object or values.dtype.kind in "USO":
-                raise PrecedentsError(f"The labels of {name} are not numbers ({values[:3].tolist()}...): map them "
-                                      "to the class indices 0..C-1 the model was trained with.")
-            labels = torch.from_numpy(np.array(values, copy=True).reshape(-1))
-            if len(labels) != n:
-                raise PrecedentsError(f"{name} and y have different lengths: {n} rows but {len(labels)} labels.")
+            classes = self.classes
+            if classes is not None:
+                labels = labels_to_indices(y, classes, n)
+            else:
+                values = y.to_numpy() if hasattr(y, "to_numpy") else (y.detach().cpu().numpy()
+                                                                      if isinstance(y, torch.Tensor) else np.asarray(y))
+                if values.dtype == object or values.dtype.kind in "USO":
+                    raise PrecedentsError(f"The labels of {name} are not numbers ({values[:3].tolist()}...): map them "
+                                          "to the class indices 0..C-1 the model was trained with.")
+                labels = torch.from_numpy(np.array(values, copy=True).reshape(-1))
+                if len(labels) != n:
+                    raise PrecedentsError(f"{name} and y have different lengths: {n} rows but {len(labels)} labels.")
         if require_labels and labels is None:
-            raise PrecedentsError(f"{name} needs labels: pass (X, y) or fit(X, y).")
+            raise PrecedentsError(f"{name} needs labels: pass (X, y) as a tuple, or fit(X, y).")
         source = Rows(X) if _is_frame(X) else X
-        return Batches((source, labels), self.batch_size, n, has_labels=labels is not None)
+        return Batches((source, labels), self.batch_size, n, has_labels=labels is not None, name=name,
+                       require_labels=require_labels)
+
+    @property
+    def classes(self) -> np.ndarray | None:
+        """The estimator's class labels (``classes_``), through which labels and class names are mapped to
+        indices; None for a bare Booster (labels are then class indices)."""
+        classes = getattr(self.estimator, "classes_", None)
+        return None if classes is None else np.asarray(classes)
+
+    def target_indices(self, target: Any, n: int) -> torch.Tensor:
+        """The explained class per test point as indices (n,): a class label is mapped through ``classes_``; a
+        number is an index 0..C-1 (see :func:`~precedents.data.target_indices`)."""
+        return target_indices(target, n, self.n_classes, self.classes)
 
     def data_fingerprint(self, batches: Batches) -> str:
-        """SHA-256 of the rows (values, column names and dtypes) and labels."""
+        """SHA-256 of the rows (values, column names and dtypes) and labels, independent of batch boundaries."""
         fp = Fingerprint()
-        h = hashlib.sha256()
         for x, y in batches:
-            h.update(_row_bytes(x))
-            fp.update(y)
-        return hashlib.sha256(h.digest() + fp.hexdigest().encode()).hexdigest()
+            _add_rows(fp, x, y)
+        return fp.hexdigest()
 
     def run(self, batches: Batches, *, what: str = "training") -> HeadFeatures:
         """Tree outputs, the model's margins, labels and a fingerprint of the data."""
         if batches.n_examples == 0:
             raise PrecedentsError(f"The {what} set is empty: nothing to explain with.")
         feats, logits, labels = [], [], []
-        fp, h = Fingerprint(), hashlib.sha256()
+        fp = Fingerprint()
         bar = tqdm(total=batches.n_examples, desc=f"tree outputs ({what})", unit="ex", disable=not self.progress,
                    leave=False)
         for x, y in batches:
-            h.update(_row_bytes(x))
-            fp.update(y)
+            _add_rows(fp, x, y)
             contrib = self.ensemble.contributions(x)
             feats.append(np.concatenate([contrib, np.ones((len(contrib), 1))], axis=1))
             logits.append(self.ensemble.margins(x))
@@ -610,8 +632,7 @@ class TreeHead(LinkFromOutputs):
         features = torch.from_numpy(np.concatenate(feats))
         margins = torch.from_numpy(np.concatenate(logits))
         self._check_reproduces(features, margins, what)
-        return HeadFeatures(features, margins, torch.cat(labels) if labels else None,
-                            hashlib.sha256(h.digest() + fp.hexdigest().encode()).hexdigest())
+        return HeadFeatures(features, margins, torch.cat(labels) if labels else None, fp.hexdigest())
 
     def _check_reproduces(self, features: torch.Tensor, margins: torch.Tensor, what: str) -> None:
         """Refuse to explain a head that does not reproduce the model (an unknown model variant)."""
@@ -625,12 +646,17 @@ class TreeHead(LinkFromOutputs):
                 f"non-constant init estimator, ...). Supported: {TREE_FAMILIES}.")
 
 
-def _row_bytes(x: Any) -> bytes:
+def _add_rows(fp: Fingerprint, x: Any, y: Any) -> None:
+    """Add a batch of rows to a fingerprint: a DataFrame by its column names and dtypes and a hash per row, an array
+    in the canonical form of :class:`~precedents.data.Fingerprint`."""
     if _is_frame(x):
         pd = _pandas()
-        head = json.dumps([[str(c), str(t)] for c, t in zip(x.columns, x.dtypes, strict=True)]).encode()
-        return head + pd.util.hash_pandas_object(x, index=False).to_numpy().tobytes()
-    return np.ascontiguousarray(x).tobytes() + str((np.asarray(x).dtype, np.asarray(x).shape[1:])).encode()
+        layout = json.dumps([[str(c), str(t)] for c, t in zip(x.columns, x.dtypes, strict=True)])
+        fp.update_rows(pd.util.hash_pandas_object(x, index=False).to_numpy().data, layout, len(x))
+    else:
+        fp.update(torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x)
+    if y is not None:
+        fp.update_labels(y)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ by a per-example score (largest first), let a person check the examples in that 
   (``roc_auc``; random 0.5, perfect 1; the area in the dattri benchmark; ``auc = p/2 + (1 - p) roc_auc``);
 * the **test accuracy after fixing** the labels of the checked examples and retraining.
 
-Self-scores (:data:`SELF_SCORES`; larger = check first, every score a function of the *given* labels):
+Self-scores (larger = check first, every score a function of the *given* labels): every registered method
+(``precedents.available_methods()``), as ``precedents.explainer(key, model, **params).fit(X, y).self_influence()``
+with the settings of :class:`SelfScoreOptions` (:func:`method_params`), and the baselines of :data:`SELF_SCORES`:
 
 * ``rps-l2``: ``|alpha^y_{i, y_i}|`` of :meth:`RepresenterL2.self_influence`: the alpha of a head trained with
   the l2 objective on the given labels, ``(softmax(f_i W_y) - y_i) / (-2 lambda n)`` (logit per unit feature
@@ -21,6 +23,7 @@ Self-scores (:data:`SELF_SCORES`; larger = check first, every score a function o
   :meth:`InfluenceFunction.self_influence`, the predicted rise of example i's own loss if it were removed (nats).
 * ``tracin``: ``sum_k lr_k |g_i(theta_k)|^2`` of :meth:`TracIn.self_influence` over the given checkpoints (with
   none given: the final weights only, i.e. grad-dot's diagonal); units: loss-gradient dot product.
+* ``grad-dot`` / ``grad-cos`` and any method registered later: its own ``self_influence``.
 * ``loss``: the training loss ``l(f(x_i), y_i)`` under the given model (nats): the baseline.
 * ``random``: uniform random scores (seeded): the floor.
 
@@ -30,6 +33,7 @@ All methods are called through their public API, as a user would.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import os
 import time
@@ -42,7 +46,10 @@ import numpy as np
 import torch
 
 from .._validation import PrecedentsError, parse_methods
+from ..linalg.head import predicted_classes
+from ..methods.registry import available_methods, explainer, method_info
 from .metrics import rankdata
+from .retrain import HeadRetrainer, Retrainer
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -56,9 +63,11 @@ __all__ = [
     "detection_summary",
     "fix_and_retrain",
     "flip_labels",
+    "method_params",
     "mislabel",
     "oracle_corrections",
     "read_corrections",
+    "self_score_methods",
     "self_scores",
     "write_corrections",
 ]
@@ -188,6 +197,8 @@ class SelfScoreOptions:
         name to its options, e.g. ``{"lissa": {"depth": 200}, "arnoldi": {"rank": 50}}``).
     checkpoints, learning_rates, tracin_params: :class:`TracIn`'s; ``checkpoints=None`` uses the final weights.
     layer: dotted name of the final ``nn.Linear``; seed: of ``random`` (and LiSSA/Arnoldi unless given).
+    method_params: per registered method key, parameters of its estimator given as they are (they win over the
+        settings above), e.g. ``{"grad-cos": {"params": "head"}}``.
     """
 
     l2: float = 0.003
@@ -204,66 +215,67 @@ class SelfScoreOptions:
     seed: int = 0
     batch_size: int = 256
     progress: bool = False
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-#: A self-score: ``fn(model, X, y, options) -> ((n,) float64 tensor, units)``.
+#: A baseline self-score: ``fn(model, X, y, options) -> ((n,) float64 tensor, units)``.
 SelfScoreFn = Callable[[Any, Any, torch.Tensor, SelfScoreOptions], tuple[torch.Tensor, str]]
-#: name -> self-score function; :func:`register_self_score` adds one.
+#: The baselines beside the registered methods (``loss``, ``random``); :func:`register_self_score` adds one.
 SELF_SCORES: dict[str, SelfScoreFn] = {}
 
 
 def register_self_score(name: str) -> Callable[[SelfScoreFn], SelfScoreFn]:
-    """Decorator adding ``fn(model, X, y, options) -> (scores, units)`` to :data:`SELF_SCORES` as ``name``."""
+    """Decorator adding a baseline ``fn(model, X, y, options) -> (scores, units)`` to :data:`SELF_SCORES`."""
+    if name in available_methods():
+        raise PrecedentsError(f"{name!r} is a registered method; its self-score is its self_influence().")
+
     def add(fn: SelfScoreFn) -> SelfScoreFn:
         SELF_SCORES[name] = fn
         return fn
     return add
 
 
-@register_self_score("rps-l2")
-def _rps_l2(model: Any, X: Any, y: torch.Tensor, o: SelfScoreOptions) -> tuple[torch.Tensor, str]:
-    from ..methods import RepresenterL2
-
-    ex = RepresenterL2(model, o.layer, l2=o.l2, batch_size=o.batch_size, progress=o.progress).fit(X, y)
-    return ex.self_influence(), "|alpha| at the given label, label-refit head (logit per unit similarity)"
+def self_score_methods() -> list[str]:
+    """Every name :func:`mislabel` accepts: the registered methods, then the baselines."""
+    return [*available_methods(), *SELF_SCORES]
 
 
-@register_self_score("rps-lje")
-def _rps_lje(model: Any, X: Any, y: torch.Tensor, o: SelfScoreOptions) -> tuple[torch.Tensor, str]:
-    from ..methods import RepresenterLJE
-
-    ex = RepresenterLJE(model, o.layer, step=o.lje_step, damping=o.lje_damping, batch_size=o.batch_size,
-                        progress=o.progress).fit(X, y)
-    return ex.self_influence(), "|representer value on itself| at the given label (logit)"
-
-
-def _influence(solver: str) -> SelfScoreFn:
-    def score(model: Any, X: Any, y: torch.Tensor, o: SelfScoreOptions) -> tuple[torch.Tensor, str]:
-        from ..methods import InfluenceFunction
-
-        options = dict(o.solver_options.get(solver, {}))
+def method_params(key: str, model: Any, options: SelfScoreOptions) -> dict[str, Any]:
+    """The parameters :func:`mislabel` builds the registered method ``key`` with, from ``options``: those of its
+    estimator's parameters that an option sets (``l2``; ``step``/``damping`` from ``lje_step``/``lje_damping`` for
+    RPS-LJE; ``damping``, ``weight_decay``, ``params`` and the solver's ``solver_options`` (seeded) for influence;
+    ``checkpoints`` (default: the final weights), ``learning_rates`` and ``params`` from ``tracin_params`` for the
+    gradient methods; ``layer``, ``batch_size``, ``progress`` for all), then ``options.method_params[key]``."""
+    info = method_info(key)
+    accepted = set(inspect.signature(info.cls.__init__).parameters) - {"self", "model"} - set(info.fixed)
+    solver = info.fixed.get("solver")
+    influence = "solver" in inspect.signature(info.cls.__init__).parameters
+    o = options
+    values: dict[str, Any] = {"layer": o.layer, "batch_size": o.batch_size, "progress": o.progress, "l2": o.l2,
+                              "step": o.lje_step, "damping": o.lje_damping if key == "rps-lje" else o.damping,
+                              "params": o.params if influence else o.tracin_params,
+                              "learning_rates": o.learning_rates}
+    if o.weight_decay is not None:
+        values["weight_decay"] = o.weight_decay
+    if solver is not None:
+        solver_options = dict(o.solver_options.get(solver, {}))
         if solver in ("lissa", "arnoldi"):
-            options.setdefault("seed", o.seed)
-        ex = InfluenceFunction(model, params=o.params, solver=solver, damping=o.damping,
-                               weight_decay=o.weight_decay, layer=o.layer, solver_options=options,
-                               batch_size=o.batch_size, progress=o.progress).fit(X, y)
-        return ex.self_influence(), "self-influence (own training loss: nats for cross-entropy)"
-    return score
+            solver_options.setdefault("seed", o.seed)
+        values["solver_options"] = solver_options
+    if "checkpoints" in accepted:
+        values["checkpoints"] = list(o.checkpoints) if o.checkpoints is not None else [model.state_dict()]
+    params = {k: v for k, v in values.items() if k in accepted}
+    return {**params, **o.method_params.get(key, {})}
 
 
-for _solver in ("exact", "cg", "lissa", "arnoldi"):
-    register_self_score(f"influence-{_solver}")(_influence(_solver))
-
-
-@register_self_score("tracin")
-def _tracin(model: Any, X: Any, y: torch.Tensor, o: SelfScoreOptions) -> tuple[torch.Tensor, str]:
-    from ..methods import TracIn
-
-    checkpoints = list(o.checkpoints) if o.checkpoints is not None else [model.state_dict()]
-    ex = TracIn(model, checkpoints, params=o.tracin_params, learning_rates=o.learning_rates, layer=o.layer,
-                batch_size=o.batch_size, progress=o.progress).fit(X, y)
-    what = f"{len(checkpoints)} checkpoints" if o.checkpoints is not None else "final weights only"
-    return ex.self_influence(), f"sum_k lr_k |g_i|^2 ({what}; loss-gradient dot product)"
+def _registered_self_score(key: str, model: Any, X: Any, y: torch.Tensor,
+                           o: SelfScoreOptions) -> tuple[torch.Tensor, str]:
+    params = method_params(key, model, o)
+    ex = explainer(key, model, **params).fit(X, y)
+    units = ex.measurement.units
+    if "checkpoints" in params and o.checkpoints is None:
+        units += "; final weights only"
+    return ex.self_influence(), f"self-influence ({units})"
 
 
 def _model_outputs(model: Any, X: Any, y: torch.Tensor, o: SelfScoreOptions) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -273,7 +285,7 @@ def _model_outputs(model: Any, X: Any, y: torch.Tensor, o: SelfScoreOptions) -> 
     head = head_adapter(model, o.layer, batch_size=o.batch_size, progress=o.progress)
     run = head.run(head.batches(X, y, name="train", require_labels=True), what="training")
     logits = run.logits
-    pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+    pred = predicted_classes(logits)
     return logits, pred, head.link
 
 
@@ -305,7 +317,7 @@ def _options(options: SelfScoreOptions | None, kwargs: dict[str, Any]) -> SelfSc
 
 
 def _methods(methods: Iterable[str] | str) -> list[str]:
-    return parse_methods(methods, SELF_SCORES, "self-score method")
+    return parse_methods(methods, self_score_methods(), "self-score method")
 
 
 def _labels(y: Any) -> torch.Tensor:
@@ -411,7 +423,8 @@ def mislabel(model: Any, X: Any, y: Any, methods: Iterable[str] | str = DEFAULT_
              options: SelfScoreOptions | None = None, **settings: Any) -> MislabelResult:
     """Rank the training set ``(X, y)`` of ``model`` by each method's self-score, for a person to check.
 
-    ``methods``: names from :data:`SELF_SCORES` (a list or a comma-separated string). ``settings``: the fields
+    ``methods``: registered method keys and baselines (:func:`self_score_methods`; a list or a comma-separated
+    string). ``settings``: the fields
     of :class:`SelfScoreOptions` (e.g. ``l2=``, ``weight_decay=``, ``damping=``, ``checkpoints=``).
     ``flipped``: the mask of flipped labels, when known, for :meth:`MislabelResult.summary` and curves.
     """
@@ -426,7 +439,10 @@ def mislabel(model: Any, X: Any, y: Any, methods: Iterable[str] | str = DEFAULT_
     scores, units, seconds = {}, {}, {}
     for key in keys:
         start = time.perf_counter()
-        values, unit = SELF_SCORES[key](model, X, labels, opts)
+        if key in SELF_SCORES:
+            values, unit = SELF_SCORES[key](model, X, labels, opts)
+        else:
+            values, unit = _registered_self_score(key, model, X, labels, opts)
         seconds[key] = time.perf_counter() - start
         values = values.detach().to(torch.float64).cpu().numpy().reshape(-1)
         if len(values) != len(labels):
@@ -510,10 +526,7 @@ def write_corrections(path: str | os.PathLike, corrections: Mapping[int, int]) -
 def _predict(predictor: Callable[[Any], Any], X: Any) -> np.ndarray:
     with torch.no_grad():
         logits = predictor(X)
-    logits = torch.as_tensor(logits)
-    if logits.ndim == 2 and logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long().cpu().numpy()
-    return logits.argmax(1).cpu().numpy()
+    return predicted_classes(torch.as_tensor(logits)).cpu().numpy()
 
 
 def accuracy(predictor: Callable[[Any], Any], X: Any, y: Any) -> float:
@@ -538,66 +551,21 @@ class FixResult:
                 "accuracy_after": self.accuracy_after, "change": self.change}
 
 
-def fix_and_retrain(retrain: Callable[[torch.Tensor], Callable[[Any], Any]], y: Any, corrections: Mapping[int, int],
-                    X_test: Any, y_test: Any, *, n_classes: int, before: Callable[[Any], Any] | None = None
-                    ) -> FixResult:
+def fix_and_retrain(retrain: Retrainer, y: Any, corrections: Mapping[int, int], X_test: Any, y_test: Any, *,
+                    n_classes: int, before: Callable[[Any], Any] | None = None) -> FixResult:
     """Apply ``corrections`` to the training labels ``y``, retrain, and compare test accuracy.
 
-    ``retrain(labels)`` trains on the (fixed) training inputs with these labels and returns a predictor
-    (``predictor(X) -> logits``, e.g. an ``nn.Module``). ``before``: the predictor trained on ``y`` (default:
-    ``retrain(y)``, so that both sides come from the same procedure). Accuracies are fractions of ``X_test``.
+    ``retrain``: a :class:`~precedents.evaluate.retrain.Retrainer` over the training inputs; ``retrain.retrain(
+    y=labels)`` trains on them with these labels and returns a predictor (``predictor(X) -> logits``, e.g. an
+    ``nn.Module``): :class:`HeadRetrainer` (the last layer refit), :class:`LogisticRegressionRetrainer`,
+    :class:`FromScratchRetrainer`. ``before``: the predictor trained on ``y`` (default: ``retrain.retrain(y=y)``,
+    so that both sides come from the same procedure). Accuracies are fractions of ``X_test``.
     """
+    if not isinstance(retrain, Retrainer):
+        raise PrecedentsError(f"retrain must be a Retrainer (e.g. HeadRetrainer, LogisticRegressionRetrainer, "
+                              f"FromScratchRetrainer(train_fn, X, y)), got {type(retrain).__name__}.")
     fixed = apply_corrections(y, corrections, n_classes)
-    changed = int((fixed != _labels(y)).sum())
-    before = retrain(_labels(y)) if before is None else before
-    return FixResult(changed, accuracy(before, X_test, y_test), accuracy(retrain(fixed), X_test, y_test))
-
-
-class HeadRetrainer:
-    r"""Retrains only the final linear layer of a model on frozen features: ``retrain(labels) -> predictor``.
-
-    The head (bias included, as the last feature column) is refit to the exact optimum of
-    ``mean CE(F theta^T, y) + weight_decay/2 ||theta||^2`` (float64 Newton, warm-started from the given head,
-    :func:`~precedents.evaluate.fit_logistic_regression`'s solver), the features ``F`` computed once by the
-    model as it is. A one-output sigmoid head is fit as the equivalent two-class softmax
-    (``theta = theta_1 - theta_0`` with weight decay ``2 wd`` on the pair). Sound for what it is: the feature
-    map learned on the noisy labels is kept, so this measures what fixing labels does to the classifier on those
-    features, not what retraining the whole network would do.
-    """
-
-    def __init__(self, model: Any, X: Any, weight_decay: float, *, layer: str | None = None,
-                 batch_size: int = 256, progress: bool = False) -> None:
-        from ..adapters import head_adapter
-
-        if weight_decay < 0:
-            raise PrecedentsError(f"weight_decay must be >= 0, got {weight_decay}.")
-        self.head = head_adapter(model, layer, batch_size=batch_size, progress=progress)
-        self.features = self.head.run(self.head.batches(X, name="train"), what="training").features
-        self.weight_decay = float(weight_decay)
-        theta = self.head.theta().to(torch.float64)
-        if self.head.link not in ("softmax", "sigmoid"):
-            raise PrecedentsError(f"Refitting on fixed labels fits a logistic head; this model's link is "
-                                  f"{self.head.link!r} (a max-margin model), so the refit would not be the model's "
-                                  "own objective. Use a softmax or sigmoid model.")
-        self.sigmoid = self.head.link == "sigmoid"
-        self.theta0 = torch.cat([-theta / 2, theta / 2]) if self.sigmoid else theta
-
-    def __call__(self, labels: torch.Tensor) -> Callable[[Any], torch.Tensor]:
-        from .loo import _LogisticProblem, _minimize
-
-        labels = _labels(labels)
-        if len(labels) != len(self.features):
-            raise PrecedentsError(f"{len(labels)} labels for {len(self.features)} training examples.")
-        wd = 2 * self.weight_decay if self.sigmoid else self.weight_decay
-        problem = _LogisticProblem(self.features, labels, self.theta0.shape[0], wd)
-        theta, gnorm, _ = _minimize(problem, self.theta0.clone(), tol=1e-10, max_iter=100, factor=None)
-        if self.sigmoid:
-            theta = theta[1:] - theta[:1]
-        head = self.head
-
-        def predict(X: Any) -> torch.Tensor:
-            return head.run(head.batches(X, name="X"), what="test").features @ theta.T
-
-        predict.theta = theta                         # type: ignore[attr-defined]
-        predict.gradient_norm = gnorm                 # type: ignore[attr-defined]
-        return predict
+    given = _labels(y)
+    changed = int((fixed != given).sum())
+    before = retrain.retrain(y=given) if before is None else before
+    return FixResult(changed, accuracy(before, X_test, y_test), accuracy(retrain.retrain(y=fixed), X_test, y_test))

@@ -7,8 +7,8 @@ destroyed, and measure how much the explanations agree:
 
 * :func:`reinitialize`: the model's weights re-initialised (seeded), the top layer only, the top ``m`` layers
   (cascading from the logits down, as Adebayo et al.), named layers, or all of them;
-* :func:`label_randomized_model`: the model retrained by the caller's ``retrain(X, y)`` on randomly permuted
-  labels (Zhang et al.: a network fits them, but has learned nothing about the task).
+* :func:`label_randomized_model`: the model retrained by the caller's retrainer (``retrain.retrain(y=...)``) on
+  randomly permuted labels (Zhang et al.: a network fits them, but has learned nothing about the task).
 
 :func:`sanity` fits the same method on both models (``make_explainer(model)``, the same training set with its given
 labels) and returns a :class:`SanityResult`: per test point, the Spearman rank correlation of the two score vectors
@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from .._validation import PrecedentsError
-from .stability import _topk_sets, collect_data, pairwise_topk_jaccard, rowwise_spearman
+from .retrain import Retrainer
+from .stability import collect_data, pairwise_topk_jaccard, rowwise_spearman, topk_sets
 
 __all__ = ["SanityResult", "label_randomized_model", "parameterised_layers", "randomize_labels", "reinitialize",
            "sanity", "to_markdown"]
@@ -146,14 +147,20 @@ def randomize_labels(y: Any, *, seed: int = 0, fraction: float = 1.0) -> torch.T
     return y
 
 
-def label_randomized_model(retrain: Callable[[torch.Tensor, torch.Tensor], nn.Module], X: Any, y: Any, *,
-                           seed: int = 0, fraction: float = 1.0) -> tuple[nn.Module, torch.Tensor]:
-    """``(retrain(X, y_random), y_random)``: the caller's training procedure run on randomly permuted labels."""
-    y_random = randomize_labels(y, seed=seed, fraction=fraction)
-    model = retrain(torch.as_tensor(X), y_random)
-    if not isinstance(model, nn.Module):
-        raise PrecedentsError(f"retrain must return the trained nn.Module, got {type(model).__name__}.")
-    return model.eval(), y_random
+def label_randomized_model(retrain: Retrainer, *, seed: int = 0, fraction: float = 1.0) -> tuple[Any, torch.Tensor]:
+    """``(retrain.retrain(y=y_random), y_random)``: the caller's training procedure (a
+    :class:`~precedents.evaluate.retrain.Retrainer` holding the training set, e.g. ``FromScratchRetrainer(train_fn,
+    X, y)``) run on its labels randomly permuted (:func:`randomize_labels`)."""
+    if not isinstance(retrain, Retrainer):
+        raise PrecedentsError(f"retrain must be a Retrainer holding the training set (e.g. "
+                              f"FromScratchRetrainer(train_fn, X, y)), got {type(retrain).__name__}.")
+    if getattr(retrain, "y", None) is None:
+        raise PrecedentsError("The retrainer holds no training labels to randomise; give it y.")
+    y_random = randomize_labels(retrain.y, seed=seed, fraction=fraction)
+    model = retrain.retrain(y=y_random)
+    if isinstance(model, nn.Module):
+        model = model.eval()
+    return model, y_random
 
 
 # -- the check -----------------------------------------------------------------------------------------------
@@ -194,8 +201,8 @@ def sanity(make_explainer: Callable[[nn.Module], Any], model: nn.Module, randomi
             a = real.attribute(xs, target=ys).scores.to(torch.float64)
             b = rand.attribute(xs, target=ys).scores.to(torch.float64)
             rho.append(rowwise_spearman(a, b))
-            jac.append(pairwise_topk_jaccard(_topk_sets(a, k, True), _topk_sets(b, k, True)))
-            opp.append(pairwise_topk_jaccard(_topk_sets(a, k, False), _topk_sets(b, k, False)))
+            jac.append(pairwise_topk_jaccard(topk_sets(a, k, True), topk_sets(b, k, True)))
+            opp.append(pairwise_topk_jaccard(topk_sets(a, k, False), topk_sets(b, k, False)))
     rho_all = np.concatenate(rho)
     defined = rho_all[np.isfinite(rho_all)]
 

@@ -47,7 +47,7 @@ from ..data import make_batches
 from .metrics import rankdata
 
 __all__ = ["StabilityResult", "collect_data", "pairwise_topk_jaccard", "row_ranks", "rowwise_pearson",
-           "rowwise_spearman", "stability", "to_markdown"]
+           "rowwise_spearman", "stability", "to_markdown", "topk_sets"]
 
 
 @dataclass
@@ -111,7 +111,8 @@ def rowwise_spearman(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return rowwise_pearson(row_ranks(a), row_ranks(b))
 
 
-def _topk_sets(scores: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+def topk_sets(scores: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+    """Per row, the indices (n_rows, min(k, n)) of the k largest (``largest``) or smallest scores."""
     return scores.topk(min(k, scores.shape[1]), dim=1, largest=largest).indices
 
 
@@ -189,8 +190,8 @@ def stability(make_explainer: Callable[[int], Any], train: Any, X_test: Any, y_t
             dev_sq += float(sum(((m - mean) ** 2).sum() for m in mats)) / len(mats)
             norm_sq += float((mean ** 2).sum())
             ranks = [row_ranks(m) for m in mats]
-            tops = [_topk_sets(m, k, True) for m in mats]
-            bottoms = [_topk_sets(m, k, False) for m in mats]
+            tops = [topk_sets(m, k, True) for m in mats]
+            bottoms = [topk_sets(m, k, False) for m in mats]
             for a, b in pairs:
                 rho[(a, b)].append(rowwise_pearson(ranks[a], ranks[b]))
                 jac[(a, b)].append(pairwise_topk_jaccard(tops[a], tops[b]))

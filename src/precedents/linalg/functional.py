@@ -22,9 +22,16 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 from tqdm.auto import tqdm
 
-from .._validation import PrecedentsError
+from .._validation import PrecedentsError, check_param_names, check_scalar
+from ..adapters.torch import check_gradient_model, check_parameters_finite, eval_mode
+from .head import squared_hinge_loss
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``forward_fn(model, x) -> logits``, for models whose forward is not ``model(x)``.
+ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+__all__ = ["ForwardFn", "LossFn", "LossGradients", "call_model", "default_loss", "loss_for_link", "model_logits",
+           "select_parameters", "squared_hinge_loss"]
 
 
 def default_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -35,35 +42,58 @@ def default_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits, targets.long(), reduction="none")
 
 
-def squared_hinge_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-example squared hinge ``max(0, 1 - s z)^2``, ``s = 2 y - 1``, of a one-output head (a linear SVM such as
-    scikit-learn's LinearSVC). ``relu`` makes autograd's second derivative ``2 * 1[s z < 1]`` (0 at the margin),
-    the same as :func:`precedents.linalg.head.loss_derivatives`."""
-    s = 2 * targets.to(logits.dtype) - 1
-    return torch.relu(1 - s * logits[..., 0]) ** 2
-
-
 def loss_for_link(link: str) -> LossFn:
     """The per-example training loss of a head with this link: :func:`squared_hinge_loss` for ``"squared_hinge"``,
     else :func:`default_loss` (cross-entropy)."""
     return squared_hinge_loss if link == "squared_hinge" else default_loss
 
 
+def call_model(model: nn.Module, x: torch.Tensor, forward_fn: ForwardFn | None = None) -> torch.Tensor:
+    """The logits of ``model`` on a batch: ``forward_fn(model, x)``, or ``model(x)`` without one. The one forward
+    wrapper of the package."""
+    return model(x) if forward_fn is None else forward_fn(model, x)
+
+
+def model_logits(model: nn.Module, X: torch.Tensor, forward_fn: ForwardFn | None = None, *,
+                 batch_size: int = 1024) -> torch.Tensor:
+    """Logits of ``model`` on ``X`` (n, C), in eval mode without gradients, in batches; floating-point inputs are
+    cast to the model's dtype and moved to its device; the result is on the model's device in its dtype. The
+    model's train/eval mode is restored."""
+    param = next(iter(model.parameters()), None)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for s in range(0, len(X), batch_size):
+                x = X[s:s + batch_size]
+                if param is not None:
+                    x = x.to(param.device)
+                    x = x.to(param.dtype) if x.is_floating_point() else x
+                out.append(call_model(model, x, forward_fn))
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.zeros(0, 0)
+    return torch.cat(out)
+
+
 class _Forward(nn.Module):
     """Wraps ``forward_fn(model, x)`` as a module so ``functional_call`` can swap parameters."""
 
-    def __init__(self, model: nn.Module, forward_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, model: nn.Module, forward_fn: ForwardFn | None) -> None:
         super().__init__()
         self.model = model
         self.forward_fn = forward_fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_fn(self.model, x)
+        return call_model(self.model, x, self.forward_fn)
 
 
 def select_parameters(model: nn.Module, params: str | Sequence[str], head_layer: str | None) -> list[str]:
     """Names of the parameters to differentiate: ``"head"`` (the final linear layer), ``"all"``, or a list."""
     named = dict(model.named_parameters())
+    params = check_param_names(model, params)
     if params == "head":
         if head_layer is None:
             raise PrecedentsError("params='head' needs the final linear layer; none was found.")
@@ -74,10 +104,7 @@ def select_parameters(model: nn.Module, params: str | Sequence[str], head_layer:
             raise PrecedentsError("None of the model's parameters require gradients (params='all'): call "
                                   "model.requires_grad_(True) or name the parameters to differentiate.")
     else:
-        names = list(params)
-        missing = [n for n in names if n not in named]
-        if missing:
-            raise PrecedentsError(f"The model has no parameters named {missing}; it has: {', '.join(named)}.")
+        names = params
     frozen = [n for n in names if not named[n].requires_grad]
     if frozen and params != "head":
         raise PrecedentsError(f"Parameters {frozen} do not require gradients: influence needs them trainable "
@@ -86,16 +113,35 @@ def select_parameters(model: nn.Module, params: str | Sequence[str], head_layer:
 
 
 class LossGradients:
-    """Gradients and curvature of a model's loss with respect to the parameters ``names``."""
+    """Gradients and curvature of a model's loss with respect to the parameters ``names``.
+
+    Input checks, so that the gradient path refuses what the head path refuses: ``names`` must be a non-empty
+    list of the model's parameter names (:func:`~precedents._validation.check_param_names`), ``weight_decay``
+    finite and non-negative, the weights finite (a diverged run, a corrupt checkpoint). On the first batch the
+    model is probed (:func:`~precedents.adapters.torch.check_gradient_model`): it must run on the inputs and return
+    (n, C) logits, not probabilities (no final softmax; checked with the built-in losses), and with ``head_layer``
+    that layer must be the last operation. The model is evaluated in eval mode (dropout off, batch norm on running
+    statistics) and the mode of every submodule restored after each call. Floating inputs are cast to the model's
+    dtype.
+    """
 
     def __init__(self, model: nn.Module, names: list[str], *, loss_fn: LossFn = default_loss,
                  forward_fn: Callable | None = None, weight_decay: float | Mapping[str, float] = 0.0,
-                 batch_size: int = 256, progress: bool = True) -> None:
-        self.module = _Forward(model, forward_fn or (lambda m, x: m(x)))
+                 batch_size: int = 256, progress: bool = True, head_layer: str | None = None) -> None:
+        names = check_param_names(model, names, keywords=())
+        check_parameters_finite(model)
+        self.module = _Forward(model, forward_fn)
+        self.forward_fn = forward_fn
+        self.head_layer = head_layer
+        self._probed = False
         self.names = names
         self.loss_fn = loss_fn
-        self.weight_decay = dict(weight_decay) if isinstance(weight_decay, Mapping) else float(weight_decay)
-        self.batch_size = batch_size
+        if isinstance(weight_decay, Mapping):
+            self.weight_decay = {str(k): check_scalar(f"weight_decay[{k!r}]", v, low=0.0)
+                                 for k, v in weight_decay.items()}
+        else:
+            self.weight_decay = check_scalar("weight_decay", weight_decay, low=0.0)
+        self.batch_size = check_scalar("batch_size", batch_size, kind=int, low=1)
         self.progress = progress
         named = dict(model.named_parameters())
         self.params = {n: named[n].detach() for n in names}
@@ -130,33 +176,45 @@ class LossGradients:
             start += size
         return out
 
-    def _losses(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def losses_at(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example losses (b,) of one prepared batch (see :meth:`prepare`) at the parameters ``params``
+        (a dict of the differentiated parameters, e.g. :attr:`params`); differentiable in ``params`` and ``x``."""
         full = {f"model.{n}": p for n, p in params.items()}
         full.update(self.frozen)
-        logits = functional_call(self.module, full, (x,))
+        with eval_mode(self.module):
+            logits = functional_call(self.module, full, (x,))
         losses = self.loss_fn(logits, y)
         if losses.shape != (len(x),):
             raise PrecedentsError(f"The loss must return one value per example, shape ({len(x)},); it returned "
                                   f"shape {tuple(losses.shape)}. Use reduction='none'.")
         return losses
 
-    def _prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.as_tensor(x)
+    def prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch on the model's device, floating-point inputs in the model's dtype (checked on first use)."""
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+            hint = " If X is one example, add the batch axis: X[None]." if x.ndim == 1 and y.numel() == 1 else ""
+            raise PrecedentsError(f"Inputs of shape {tuple(x.shape)} and labels of shape {tuple(y.shape)} do not "
+                                  f"pair up: one label per example (batch axis first).{hint}")
         x = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
-        return x, torch.as_tensor(y).to(self.device)
+        if not self._probed and len(x):
+            check_gradient_model(self.module.model, x[:8], self.forward_fn, head_layer=self.head_layer,
+                                 require_logits=self.loss_fn in (default_loss, squared_hinge_loss))
+            self._probed = True
+        return x, y.to(self.device)
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example losses (b,) of one batch at the current parameters, without gradients."""
         with torch.no_grad():
-            return self._losses(self.params, *self._prepare(x, y))
+            return self.losses_at(self.params, *self.prepare(x, y))
 
     # -- gradients -------------------------------------------------------------------------------------
     def example_gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``grad l(x_i, y_i)`` for each example of one batch, shape (b, p), float64."""
-        x, y = self._prepare(x, y)
+        x, y = self.prepare(x, y)
 
         def one(params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-            return self._losses(params, xi[None], yi[None])[0]
+            return self.losses_at(params, xi[None], yi[None])[0]
 
         try:
             grads = vmap(grad(one), in_dims=(None, 0, 0))(self.params, x, y)
@@ -182,8 +240,8 @@ class LossGradients:
         """Gradient of J: the mean training-loss gradient plus ``weight_decay * theta``."""
         total = torch.zeros(self.n_params, dtype=torch.float64, device=self.device)
         for x, y in batches:
-            x, y = self._prepare(x, y)
-            g = grad(lambda p, x=x, y=y: self._losses(p, x, y).sum())(self.params)
+            x, y = self.prepare(x, y)
+            g = grad(lambda p, x=x, y=y: self.losses_at(p, x, y).sum())(self.params)
             total += self.flatten(g[k] for k in self.names).to(torch.float64)
         theta = self.flatten(self.params.values()).to(torch.float64)
         return (total / n + self.decay * theta).cpu()
@@ -195,10 +253,10 @@ class LossGradients:
         tangents = self.unflatten(vectors.to(self.device))
         out = torch.zeros(vectors.shape, dtype=torch.float64, device=self.device)
         for x, y in batches:
-            x, y = self._prepare(x, y)
+            x, y = self.prepare(x, y)
 
             def batch_grad(p: dict[str, torch.Tensor], x: torch.Tensor = x, y: torch.Tensor = y) -> dict:
-                return grad(lambda q: self._losses(q, x, y).sum())(p)
+                return grad(lambda q: self.losses_at(q, x, y).sum())(p)
 
             def one_hvp(t: dict[str, torch.Tensor]) -> torch.Tensor:
                 h = jvp(batch_grad, (self.params,), (t,))[1]

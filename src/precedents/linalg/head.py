@@ -47,10 +47,51 @@ def link_probabilities(logits: torch.Tensor, link: str) -> torch.Tensor:
     raise ValueError(f"unknown link {link!r}; expected 'softmax', 'sigmoid' or 'squared_hinge'")
 
 
-def squared_hinge_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-example squared hinge ``max(0, 1 - s z)^2`` with ``s = 2 t - 1`` for 0/1 targets t, shape (n,)."""
-    s = 2 * targets[:, 0] - 1
-    return torch.relu(1 - s * logits[:, 0]) ** 2
+def squared_hinge_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-example squared hinge ``max(0, 1 - s z)^2``, ``s = 2 t - 1``, of a one-output head (a linear SVM such as
+    scikit-learn's LinearSVC), shape (n,): logits (n, 1), 0/1 targets (n,) or (n, 1). ``relu`` makes autograd's
+    second derivative ``2 * 1[s z < 1]`` (0 at the margin), the same as :func:`loss_derivatives`."""
+    s = 2 * targets.to(logits.dtype).reshape(logits.shape[:-1]) - 1
+    return torch.relu(1 - s * logits[..., 0]) ** 2
+
+
+
+# -- the one-output rule -------------------------------------------------------------------------------------
+
+def link_for_outputs(n_outputs: int) -> str:
+    """The link a head with ``n_outputs`` logit columns is read with: one output is a sigmoid over two classes
+    (the column is the logit of class 1), C >= 2 outputs a softmax over C classes. The one place this is decided."""
+    return "sigmoid" if int(n_outputs) == 1 else "softmax"
+
+
+def n_classes_for_outputs(n_outputs: int) -> int:
+    """The number of classes of a head with ``n_outputs`` logit columns (2 for one output)."""
+    return 2 if int(n_outputs) == 1 else int(n_outputs)
+
+
+def predicted_classes(logits: torch.Tensor) -> torch.Tensor:
+    """Predicted class (n,) from logits (n, C): ``z > 0`` for one output, ``argmax`` otherwise."""
+    if link_for_outputs(logits.shape[-1]) == "sigmoid":
+        return (logits[..., 0] > 0).long()
+    return logits.argmax(-1)
+
+
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (n, n_classes): ``[1 - sigmoid(z), sigmoid(z)]`` for one output, softmax otherwise."""
+    if link_for_outputs(logits.shape[-1]) == "sigmoid":
+        p = torch.sigmoid(logits[..., :1])
+        return torch.cat([1 - p, p], dim=-1)
+    return torch.softmax(logits, dim=-1)
+
+
+def log_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``z_y - log sum_{c != y} exp(z_c)`` (softmax), or ``(2y - 1) z`` for one output (n,): positive when the
+    label's class wins; minus the margin is what a loss-unit score predicts with the same sign."""
+    if link_for_outputs(logits.shape[-1]) == "sigmoid":
+        return (2 * labels.to(logits.dtype) - 1) * logits[..., 0]
+    correct = logits.gather(1, labels.long()[:, None])[:, 0]
+    others = logits.scatter(1, labels.long()[:, None], float("-inf"))
+    return correct - torch.logsumexp(others, dim=1)
 
 
 def loss_derivatives(logits: torch.Tensor, targets: torch.Tensor, link: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +130,7 @@ def mean_loss(features: torch.Tensor, theta: torch.Tensor, targets: torch.Tensor
     if link == "softmax":
         return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
     if link == "squared_hinge":
-        return squared_hinge_losses(logits, targets).mean()
+        return squared_hinge_loss(logits, targets).mean()
     return nnf.binary_cross_entropy_with_logits(logits, targets, reduction="mean")
 
 

@@ -28,7 +28,7 @@ from typing import Protocol
 import torch
 
 from .._validation import PrecedentsError
-from .solvers import conjugate_gradient
+from .solvers import EigenInverse, checked_conjugate_gradient
 
 
 class Curvature(Protocol):
@@ -67,28 +67,25 @@ class ExactInverse(InverseHVP):
 
     def __init__(self, curvature: Curvature, damping: float) -> None:
         super().__init__(curvature, damping)
-        hess = curvature.hessian().to(torch.float64)
-        evals, evecs = torch.linalg.eigh((hess + hess.T) / 2)
-        evals = evals + self.damping
-        scale = float(evals.abs().max())
-        tol = len(evals) * torch.finfo(torch.float64).eps * scale
+        self.spectral = EigenInverse.of(curvature.hessian(), self.damping)
+        evals, tol = self.spectral.eigenvalues, self.spectral.tolerance
         negative = evals < -tol
         if negative.any():
-            smallest = float(evals.min())
+            smallest, scale = float(evals.min()), float(evals.abs().max())
             raise PrecedentsError(
                 f"The Hessian (+ damping {self.damping:g}) is indefinite: {int(negative.sum())} negative "
                 f"eigenvalues, the smallest {smallest:.3e} (largest {scale:.3e}). The model is not at a minimum "
                 f"of the training loss; pass damping >= {1.1 * (-smallest + self.damping):.3e} (Koh & Liang "
                 "damp non-convex models), or train it to convergence.")
-        keep = evals > tol
-        self.evals, self.evecs = evals[keep], evecs[:, keep]
-        self.info = {"condition_number": float(self.evals.max() / self.evals.min()),
-                     "null_dim": float((~keep).sum()), "eigenvalue_max": float(self.evals.max()),
-                     "eigenvalue_min": float(self.evals.min())}
+        if not len(self.spectral.kept):
+            raise PrecedentsError("The Hessian (+ damping) is zero: every training example is fit with certainty, "
+                                  "so no parameter direction has curvature. Pass damping > 0.")
+        self.evals, self.evecs = self.spectral.kept, self.spectral.vectors
+        self.info = {"condition_number": self.spectral.condition_number, "null_dim": float(self.spectral.null_dim),
+                     "eigenvalue_max": float(self.evals.max()), "eigenvalue_min": float(self.evals.min())}
 
     def solve(self, b: torch.Tensor) -> torch.Tensor:
-        b = b.to(torch.float64)
-        return ((b @ self.evecs) / self.evals) @ self.evecs.T
+        return self.spectral.solve(b)
 
 
 class CGInverse(InverseHVP):
@@ -100,14 +97,12 @@ class CGInverse(InverseHVP):
 
     def solve(self, b: torch.Tensor) -> torch.Tensor:
         b = b.to(torch.float64)
-        result = conjugate_gradient(lambda v: self.curvature.hvp(v) + self.damping * v, b, tol=self.tol,
-                                    max_iter=self.max_iter or max(100, min(10 * b.shape[1], 2000)))
-        worst = float(result.relative_residual.max())
-        self.info = {"iterations": float(result.iterations), "relative_residual": worst}
-        if worst > 100 * self.tol:
-            warnings.warn(f"CG did not converge: relative residual {worst:.2e} after {result.iterations} "
-                          "iterations. Add damping (an indefinite or near-singular Hessian stalls CG) or raise "
-                          "cg_max_iter.", RuntimeWarning, stacklevel=3)
+        result = checked_conjugate_gradient(
+            lambda v: self.curvature.hvp(v) + self.damping * v, b, tol=self.tol,
+            max_iter=self.max_iter or max(100, min(10 * b.shape[1], 2000)), warn_above=100 * self.tol,
+            advice="Add damping (an indefinite or near-singular Hessian stalls CG) or raise cg_max_iter.")
+        self.info = {"iterations": float(result.iterations),
+                     "relative_residual": float(result.relative_residual.max())}
         return result.solution
 
 
@@ -196,8 +191,7 @@ class ArnoldiInverse(InverseHVP):
                      "eigenvalue_max": float(self.evals.max()), "eigenvalue_min_kept": float(self.evals.min())}
 
     def solve(self, b: torch.Tensor) -> torch.Tensor:
-        b = b.to(torch.float64)
-        return ((b @ self.evecs) / self.evals) @ self.evecs.T
+        return EigenInverse(self.evals, self.evecs).solve(b)
 
 
 class KFACInverse(InverseHVP):

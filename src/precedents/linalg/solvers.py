@@ -93,6 +93,58 @@ def conjugate_gradient(apply: Operator, b: torch.Tensor, *, tol: float = 1e-10, 
     return CGResult(x, it, residual, eigs)
 
 
+class EigenInverse:
+    r"""``A^+ b`` from the eigenpairs of a symmetric positive semi-definite A (float64): the one spectral inverse
+    behind the exact solvers (:class:`HessianSolver`, ``ihvp.ExactInverse``, ``ihvp.ArnoldiInverse``).
+
+    :meth:`of` eigendecomposes ``(M + M^T) / 2 + shift I`` and keeps the eigenvalues above ``tolerance =
+    dim * eps * max |lambda|`` (float64 round-off of the decomposition); the rest (zero, or negative within or
+    beyond round-off: callers that must refuse an indefinite matrix check ``eigenvalues`` first) are dropped,
+    giving the Moore-Penrose pseudo-inverse. ``basis`` (dim, m), optional: the kept eigenvectors are mapped
+    back through it (the matrix was ``basis^T A basis``). ``solve(b) = V diag(1 / lambda) V^T b`` for a batch
+    b (k, dim).
+    """
+
+    def __init__(self, kept: torch.Tensor, vectors: torch.Tensor, eigenvalues: torch.Tensor | None = None,
+                 tolerance: float = 0.0) -> None:
+        self.kept, self.vectors = kept, vectors
+        self.eigenvalues = kept if eigenvalues is None else eigenvalues      # all of them, shift included
+        self.tolerance = tolerance
+
+    @classmethod
+    def of(cls, matrix: torch.Tensor, shift: float = 0.0, *, basis: torch.Tensor | None = None) -> EigenInverse:
+        matrix = matrix.to(torch.float64)
+        evals, evecs = torch.linalg.eigh((matrix + matrix.T) / 2)
+        evals = evals + shift
+        tolerance = len(evals) * torch.finfo(torch.float64).eps * float(evals.abs().max()) if len(evals) else 0.0
+        keep = evals > tolerance
+        vectors = evecs[:, keep] if basis is None else basis @ evecs[:, keep]
+        return cls(evals[keep], vectors, evals, tolerance)
+
+    @property
+    def null_dim(self) -> int:
+        return len(self.eigenvalues) - len(self.kept)
+
+    @property
+    def condition_number(self) -> float:
+        return float(self.kept.max() / self.kept.min()) if len(self.kept) else math.inf
+
+    def solve(self, b: torch.Tensor) -> torch.Tensor:
+        return ((b.to(torch.float64) @ self.vectors) / self.kept) @ self.vectors.T
+
+
+def checked_conjugate_gradient(apply: Operator, b: torch.Tensor, *, tol: float, max_iter: int | None,
+                               warn_above: float, advice: str) -> CGResult:
+    """:func:`conjugate_gradient`, warning (``RuntimeWarning``, with ``advice``) when the worst relative residual
+    ends above ``warn_above``: the one CG of the solvers that says when it did not converge."""
+    result = conjugate_gradient(apply, b, tol=tol, max_iter=max_iter)
+    worst = float(result.relative_residual.max()) if len(b) else 0.0
+    if worst > warn_above:
+        warnings.warn(f"Conjugate gradients did not converge: relative residual {worst:.2e} after "
+                      f"{result.iterations} iterations. {advice}", RuntimeWarning, stacklevel=3)
+    return result
+
+
 class HessianSolver:
     r"""Applies ``(H + diag(regularizer) + damping I)^+`` for the Hessian H of a linear head's mean loss.
 
@@ -198,7 +250,6 @@ class HessianSolver:
 
     def _factorize(self) -> None:
         hess = head_hessian(self.features, self.probs, self.link)
-        hess = (hess + hess.T) / 2
         if self.regularizer is not None:
             hess = hess + torch.diag(self.regularizer)
         if self.regularizer is None:
@@ -208,18 +259,13 @@ class HessianSolver:
             basis = None if null is None else torch.linalg.qr(null, mode="complete").Q[:, null.shape[1]:]
         if basis is not None:
             hess = basis.T @ hess @ basis
-        evals, evecs = torch.linalg.eigh((hess + hess.T) / 2)
-        evals = evals + self.damping
-        top = float(evals.max().clamp_min(0))
-        keep = evals > len(evals) * torch.finfo(torch.float64).eps * top
-        if not keep.any():
+        self._spectral = EigenInverse.of(hess, self.damping, basis=basis)
+        if not len(self._spectral.kept):
             raise ValueError("The head's Hessian is zero: every training example is fit with certainty.")
-        self.eigenvalues = evals
-        self.null_dim = self.dim - int(keep.sum())
-        self._evecs = evecs[:, keep] if basis is None else basis @ evecs[:, keep]
-        self._inv = 1.0 / evals[keep]
-        self.condition_number = float(evals[keep].max() / evals[keep].min())
-        self.largest_eigenvalue = float(evals[keep].max())
+        self.eigenvalues = self._spectral.eigenvalues
+        self.null_dim = self.dim - len(self._spectral.kept)
+        self.condition_number = self._spectral.condition_number
+        self.largest_eigenvalue = float(self._spectral.kept.max())
 
     # -- cg ------------------------------------------------------------------------------------------
     def _prepare_cg(self) -> None:
@@ -270,19 +316,14 @@ class HessianSolver:
         shape = b.shape
         flat = b.reshape(shape[0], -1).to(torch.float64)
         if self.method == "exact":
-            x = ((flat @ self._evecs) * self._inv) @ self._evecs.T
+            x = self._spectral.solve(flat)
             self.last_residual = 0.0
         else:
-            res = conjugate_gradient(self._apply, self._project(flat), tol=self.cg_tol,
-                                     max_iter=self.cg_max_iter)
+            res = checked_conjugate_gradient(self._apply, self._project(flat), tol=self.cg_tol,
+                                             max_iter=self.cg_max_iter, warn_above=max(1e3 * self.cg_tol, 1e-6),
+                                             advice="Raise cg_max_iter or add damping.")
             x = res.solution
-            worst = float(res.relative_residual.max()) if len(flat) else 0.0
-            self.last_residual = worst
-            if worst > max(1e3 * self.cg_tol, 1e-6):
-                warnings.warn(
-                    f"Conjugate gradients did not converge: relative residual {worst:.2e} after "
-                    f"{res.iterations} iterations. Raise cg_max_iter or add damping.", RuntimeWarning,
-                    stacklevel=2)
+            self.last_residual = float(res.relative_residual.max()) if len(flat) else 0.0
         return x.reshape(shape)
 
 
@@ -297,39 +338,60 @@ class NewtonResult:
 def minimize_newton_cg(objective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
                        hvp_at: Callable[[torch.Tensor], Operator], x0: torch.Tensor, *, gtol: float = 1e-10,
                        max_iter: int = 100,
-                       preconditioner_at: Callable[[torch.Tensor], Operator] | None = None) -> NewtonResult:
+                       preconditioner_at: Callable[[torch.Tensor], Operator | None] | None = None,
+                       atol: float = 0.0, chord: Operator | None = None) -> NewtonResult:
     """Minimise a smooth strictly convex function by truncated Newton with Armijo backtracking.
 
+    The one Newton minimiser of the package (RPS-l2's head refit, exact logistic regression and its retrains).
+
     ``objective(x) -> (value, gradient)``; ``hvp_at(x)`` returns ``v -> H(x) v`` for batches (k, *x.shape);
-    ``preconditioner_at(x)`` optionally returns ``v -> M(x)^-1 v`` on flattened (k, x.numel()) batches.
-    Stops when ``||grad|| <= gtol * max(1, ||grad(x0)||)``. Converges quadratically near the optimum, so the
-    final gradient reaches float64 round-off in a handful of steps.
+    ``preconditioner_at(x)`` optionally returns ``v -> M(x)^-1 v`` on flattened (k, x.numel()) batches (or None
+    for no preconditioner at this step). Stops when ``||grad|| <= max(atol, gtol * max(1, ||grad(x0)||))``.
+    Converges quadratically near the optimum, so the final gradient reaches float64 round-off in a handful of
+    steps.
+
+    ``chord`` (optional, flattened like ``preconditioner_at``'s operators): a fixed ``M^-1``, e.g. the inverse
+    Hessian at a nearby point (the full-data optimum when retraining without a few examples). While the chord
+    step ``x - M^-1 grad`` (one objective evaluation) contracts the gradient fourfold without raising the
+    value, it is taken instead of a Newton step; at the first one that does not, Newton steps take over.
+    The Armijo test admits a decrease below the value's round-off (``1e-15 |f|``), so the last Newton steps,
+    whose decrease is lost in round-off, are still taken.
     """
     x = x0.clone()
     value, grad = objective(x)
     g0 = max(1.0, float(grad.norm()))
+    threshold = max(atol, gtol * g0)
+    shape = x.shape
     it = 0
     for it in range(1, max_iter + 1):
         gnorm = float(grad.norm())
-        if gnorm <= gtol * g0:
+        if gnorm <= threshold:
             it -= 1
             break
+        if chord is not None:
+            trial = x - chord(grad.reshape(1, -1)).reshape(shape)
+            trial_value, trial_grad = objective(trial)
+            if float(trial_grad.norm()) <= 0.25 * gnorm and float(trial_value) <= float(value) + 1e-15 * abs(
+                    float(value)):
+                x, value, grad = trial, trial_value, trial_grad
+                continue
+            chord = None
         forcing = min(0.5, math.sqrt(gnorm / g0)) * 1e-2
-        apply, shape = hvp_at(x), x.shape
+        apply = hvp_at(x)
 
-        def flat_apply(v: torch.Tensor, apply: Operator = apply, shape: torch.Size = shape) -> torch.Tensor:
+        def flat_apply(v: torch.Tensor, apply: Operator = apply) -> torch.Tensor:
             return apply(v.reshape(len(v), *shape)).reshape(len(v), -1)
 
         step = conjugate_gradient(flat_apply, -grad.reshape(1, -1), tol=max(forcing, 1e-14), max_iter=10 * grad.numel(),
                                   precondition=None if preconditioner_at is None else preconditioner_at(x),
-                                  ).solution.reshape(x.shape)
+                                  ).solution.reshape(shape)
         slope = float((grad * step).sum())
         if slope >= 0:
             step, slope = -grad, -gnorm**2
         t = 1.0
         while True:
             new_value, new_grad = objective(x + t * step)
-            if float(new_value) <= float(value) + 1e-4 * t * slope or t < 1e-12:
+            if float(new_value) <= float(value) + 1e-4 * t * slope + 1e-15 * abs(float(value)) or t < 1e-12:
                 break
             t /= 2
         if t < 1e-12:
@@ -337,4 +399,4 @@ def minimize_newton_cg(objective: Callable[[torch.Tensor], tuple[torch.Tensor, t
         x = x + t * step
         value, grad = new_value, new_grad
     gnorm = float(grad.norm())
-    return NewtonResult(x, gnorm, it, gnorm <= gtol * g0 * 10)
+    return NewtonResult(x, gnorm, it, gnorm <= max(atol, 10 * gtol * g0))

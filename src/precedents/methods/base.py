@@ -36,7 +36,7 @@ from torch import nn
 
 from .._validation import PrecedentsError, check_choice, check_finite, check_labels, check_scalar
 from ..adapters import head_adapter, model_family
-from ..adapters.torch import ForwardFn
+from ..adapters.torch import ForwardFn, probe_logits
 from ..attribution import LOGIT, Attribution, BlockScorer, Measurement
 from ..data import DataLike, model_fingerprint
 from ..index import load_index, save_index
@@ -228,8 +228,9 @@ class Explainer:
                                   f"{missing[0]} to load() (code is not stored in an index).")
         params = dict(manifest["params"])
         accepted = cls._param_names()
+        kept_as_arrays = {k: None for k in cls._state_params() if k in accepted}   # restored by _set_state
         est = cls(model, **{k: v for k, v in params.items() if k in accepted},
-                  **{k: v for k, v in runtime.items() if k in accepted})
+                  **{k: v for k, v in runtime.items() if k in accepted}, **kept_as_arrays)
         fingerprint = est._model_fingerprint()
         if fingerprint != manifest["model_fingerprint"]:
             raise PrecedentsError(
@@ -366,6 +367,7 @@ class HeadExplainer(Explainer):
 
     def _attribute(self, X: DataLike, labels: Any, target: Any) -> Attribution:
         """Scores in logit units: each training example's term of the explained head's logit for ``target``."""
+        self.head_.progress = self.progress           # set_params(progress=...) after fit or load
         run = self.head_.run(self.head_.batches(X, name="X"), what="test")
         target = self._targets(target, run.logits)
         column, sign = self._columns(target)
@@ -381,31 +383,7 @@ class HeadExplainer(Explainer):
         n = len(logits)
         if target is None:
             return self._predict_from_logits(logits)
-        target = self._target_indices(target)
-        if target.ndim == 0:
-            target = target.expand(n)
-        return check_labels(target, self.n_classes_, n, name="target")
-
-    def _target_indices(self, target: Any) -> torch.Tensor:
-        classes = getattr(self.head_, "classes", None)
-        if classes is not None and not isinstance(target, torch.Tensor):
-            import numpy as np
-
-            values = np.asarray(target)
-            if values.dtype.kind in "USO" or not np.isin(values, np.arange(len(classes))).all():
-                lookup = {c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)}
-                flat = values.reshape(-1).tolist()
-                if all(v in lookup for v in flat):
-                    return torch.tensor([lookup[v] for v in flat]).reshape(values.shape)
-        try:
-            target = torch.as_tensor(target)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise PrecedentsError(f"target must be class indices (one for all test points, or one each); got "
-                                  f"{target!r}.") from err
-        if not (target.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
-                or target.is_floating_point()):
-            raise PrecedentsError(f"target must be class indices, got dtype {target.dtype}.")
-        return target
+        return check_labels(self.head_.target_indices(target, n), self.n_classes_, n, name="target")
 
     def _predict_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         if self.link_ in ONE_OUTPUT_LINKS:
@@ -496,16 +474,6 @@ def collect_labelled(batches: Any, model: nn.Module, forward_fn: ForwardFn | Non
         raise PrecedentsError(f"The {what} set is empty: pass at least one example.")
     if X.is_floating_point():
         check_finite(f"Inputs of the {what} examples", X)
-    first = X[:1]
-    for p in model.parameters():                         # run the probe on the model's device
-        first = first.to(p.device)
-        if first.is_floating_point():
-            first = first.to(p.dtype)
-        break
-    with torch.no_grad():
-        out = model(first) if forward_fn is None else forward_fn(model, first)
-    if not isinstance(out, torch.Tensor):
-        raise PrecedentsError(f"The model returned a {type(out).__name__}, not a logits tensor. Pass "
-                              "forward_fn=lambda model, x: model(x)[0] (or whatever selects the logits).")
+    out = probe_logits(model, X[:8], forward_fn, what)  # shapes and dtypes checked before any gradient is taken
     n_classes = 2 if out.ndim < 2 or out.shape[-1] == 1 else out.shape[-1]
     return X, check_labels(torch.cat(ys), n_classes, len(X))

@@ -25,7 +25,7 @@ from ..adapters import head_adapter
 from ..adapters.torch import ForwardFn
 from ..attribution import TEST_LOSS, Attribution
 from ..data import DataLike
-from ..linalg import head_hessian, head_hvp, loss_derivatives, squared_hinge_losses, targets_from_labels
+from ..linalg import head_hessian, head_hvp, loss_derivatives, squared_hinge_loss, targets_from_labels
 from ..linalg.functional import LossFn, LossGradients, loss_for_link, select_parameters
 from ..linalg.ihvp import SOLVERS, InverseHVP, make_inverse
 from .base import Explainer, check_common, collect_labelled
@@ -274,7 +274,8 @@ class InfluenceFunction(Explainer):
             through_network = any(name not in head_names for name in names)
             grads = LossGradients(module, names, loss_fn=self.loss_fn or loss_for_link(self.head_.link),
                                   forward_fn=self.forward_fn, weight_decay=self.weight_decay_,
-                                  batch_size=self.batch_size, progress=self.progress)
+                                  batch_size=self.batch_size, progress=self.progress,
+                                  head_layer=self.head_.layer_name if self.params == "head" else None)
             self.curvature_ = ModuleCurvature(grads, self._inputs, self.labels_)
         self.through_network_ = through_network
         if self.damping == "auto" and self.solver in ("kfac", "ekfac"):
@@ -322,7 +323,7 @@ class InfluenceFunction(Explainer):
             grads = cur.example_gradients(0, len(run.features))
             probs = cur.probs
             if cur.link == "squared_hinge":
-                losses = squared_hinge_losses(run.logits, cur.targets)
+                losses = squared_hinge_loss(run.logits, cur.targets)
             elif cur.link == "sigmoid":
                 p = probs[:, 0].clamp(1e-300, 1)
                 losses = -(labels * p.log() + (1 - labels) * (1 - p).clamp_min(1e-300).log())

@@ -37,7 +37,9 @@ from torch import nn
 from torch.func import grad, vmap
 
 from .._validation import PrecedentsError
-from ..linalg.functional import LossGradients, default_loss, select_parameters
+from ..linalg.functional import LossGradients, default_loss, model_logits, select_parameters
+from ..linalg.head import class_probabilities
+from .base import NotFittedError
 from .influence import HeadCurvature, InfluenceFunction
 
 __all__ = ["AttackResult", "perturbation_influence", "training_set_attack"]
@@ -75,6 +77,11 @@ def _gradients_and_layout(influence: InfluenceFunction) -> tuple[LossGradients, 
     return g, layout
 
 
+def _require_fitted(influence: InfluenceFunction) -> None:
+    if not influence.is_fitted:
+        raise NotFittedError(f"This {type(influence).__name__} is not fitted yet: call fit(X_train, y_train) first.")
+
+
 def _as_batch(x: Any, like: torch.Tensor | None = None) -> torch.Tensor:
     x = torch.as_tensor(x)
     if like is not None and x.shape == like.shape[1:]:
@@ -108,7 +115,7 @@ def perturbation_influence(influence: InfluenceFunction, x_train: Any, y_train: 
         float64 tensor of shape ``(k, m, *input_shape)`` (nats of test loss per unit of input, times n unless
         ``divide_by_n``), on the CPU.
     """
-    influence._check_fitted()
+    _require_fitted(influence)
     x_train = _as_batch(x_train)
     if not x_train.is_floating_point():
         raise PrecedentsError(f"x_train must be floating point (perturbation influence differentiates with "
@@ -124,7 +131,7 @@ def perturbation_influence(influence: InfluenceFunction, x_train: Any, y_train: 
     vs = layout(solved)                                                 # {name: (k, *shape)}
 
     def directional(x: torch.Tensor, y: torch.Tensor, v: dict[str, torch.Tensor]) -> torch.Tensor:
-        g = grad(lambda p: gl._losses(p, x[None], y[None])[0])(gl.params)
+        g = grad(lambda p: gl.losses_at(p, x[None], y[None])[0])(gl.params)
         return sum((g[name] * v[name]).sum() for name in gl.names)
 
     per_example = vmap(grad(directional), in_dims=(0, 0, None))       # over training examples
@@ -132,7 +139,7 @@ def perturbation_influence(influence: InfluenceFunction, x_train: Any, y_train: 
     bs = batch_size or influence.batch_size
     out = torch.empty(len(x_test), len(x_train), *x_train.shape[1:], dtype=torch.float64)
     for s in range(0, len(x_train), bs):
-        xb, yb = gl._prepare(x_train[s:s + bs], y_train[s:s + bs])
+        xb, yb = gl.prepare(x_train[s:s + bs], y_train[s:s + bs])
         out[:, s:s + bs] = -per_pair(xb, yb, vs).to(torch.float64).cpu()
     if divide_by_n:
         out /= influence.n_train_
@@ -194,21 +201,10 @@ class AttackResult:
 def _test_outputs(model: nn.Module, influence: InfluenceFunction, x: torch.Tensor,
                   y: torch.Tensor) -> tuple[float, float, int]:
     """Loss (the influence's), probability of label y and predicted class of one test point."""
-    param = next(model.parameters())
-    xd = x.to(param.device, param.dtype if x.is_floating_point() else x.dtype)
-    yd = y.to(param.device)
+    logits = model_logits(model, x, influence.forward_fn)
     with torch.no_grad():
-        was = model.training
-        model.eval()
-        logits = model(xd) if influence.forward_fn is None else influence.forward_fn(model, xd)
-        model.train(was)
-        loss = (influence.loss_fn or default_loss)(logits, yd)
-        logits = logits.to(torch.float64).reshape(1, -1)
-        if logits.shape[1] == 1:
-            p1 = float(torch.sigmoid(logits[0, 0]))
-            probs = torch.tensor([1 - p1, p1], dtype=torch.float64)
-        else:
-            probs = torch.softmax(logits[0], 0)
+        loss = (influence.loss_fn or default_loss)(logits, y.to(logits.device))
+    probs = class_probabilities(logits.to(torch.float64))[0]
     return float(loss.reshape(-1)[0]), float(probs[int(y)]), int(probs.argmax())
 
 
@@ -230,7 +226,7 @@ def _feasible_gain(I: torch.Tensor, x: torch.Tensor, epsilon: float,
     return torch.where(I > 0, I * up, -I * down).reshape(len(I), -1).sum(1)
 
 
-def training_set_attack(retrain: Callable[[torch.Tensor, torch.Tensor], nn.Module], influence: InfluenceFunction,
+def training_set_attack(retrain: Any, influence: InfluenceFunction,
                         X_train: Any, y_train: Any, x_test: Any, y_test: Any, index: int | None = None, *,
                         epsilon: float, steps: int, step_size: float | None = None,
                         bounds: tuple[float, float] | None = (0.0, 1.0), stop_when_flipped: bool = True,
@@ -245,9 +241,10 @@ def training_set_attack(retrain: Callable[[torch.Tensor, torch.Tensor], nn.Modul
     ``y_test`` (``stop_when_flipped``).
 
     Args:
-        retrain: ``retrain(X, y) -> nn.Module``: the model trained on the whole (modified) training set to the
-            optimum of the objective the influence assumes (exactly, for a convex model; a closure may warm
-            start from the previous model). Called once per step.
+        retrain: a retrainer (:class:`precedents.evaluate.Retrainer`) over the training set:
+            ``retrain.retrain(X=X_modified, y=y_train)`` returns the model trained on the whole modified training
+            set to the optimum of the objective the influence assumes (exactly, for a convex model:
+            ``LogisticRegressionRetrainer``, warm-started at the original optimum). Called once per step.
         influence: an :class:`InfluenceFunction` fitted on ``(X_train, y_train)`` for ``influence.model``,
             the model trained on the original set.
         X_train, y_train: the full training set (floating-point inputs).
@@ -265,7 +262,10 @@ def training_set_attack(retrain: Callable[[torch.Tensor, torch.Tensor], nn.Modul
     Returns:
         :class:`AttackResult`.
     """
-    influence._check_fitted()
+    _require_fitted(influence)
+    if not callable(getattr(retrain, "retrain", None)):
+        raise PrecedentsError(f"retrain must be a Retrainer (retrain.retrain(X=..., y=...) -> model), e.g. "
+                              f"precedents.evaluate.LogisticRegressionRetrainer; got {type(retrain).__name__}.")
     if epsilon <= 0 or steps < 1:
         raise PrecedentsError(f"epsilon must be > 0 and steps >= 1, got {epsilon} and {steps}.")
     X = torch.as_tensor(X_train).clone()
@@ -310,7 +310,7 @@ def training_set_attack(retrain: Callable[[torch.Tensor, torch.Tensor], nn.Modul
     for step in range(1, steps + 1):
         x_new = torch.minimum(torch.maximum(X[index].to(torch.float64) + step_size * torch.sign(I), lo), hi)
         X[index] = x_new.to(X.dtype)
-        model = retrain(X, y)
+        model = retrain.retrain(X=X, y=y)
         loss, prob, pred = _test_outputs(model, inf, x_t, y_t)
         delta = X[index].to(torch.float64) - x0d
         history.append({"step": step, "test_loss": loss, "test_prob": prob, "pred": pred,

@@ -181,6 +181,7 @@ class _GradientScores(Explainer):
         self.loss_fn_ = self.loss_fn or (loss_for_link(link) if link is not None else default_loss)
         self._weights = _Weights(self.module_)
         layer = TorchHead(self.module_, self.layer).layer_name if self.params == "head" else None
+        self.head_layer_ = layer
         self.param_names_ = select_parameters(self.module_, self.params, layer)
         named = dict(self.module_.named_parameters())
         self.n_params_ = sum(named[n].numel() for n in self.param_names_)
@@ -190,7 +191,8 @@ class _GradientScores(Explainer):
         """Per-example loss gradients (m, p), float64, at checkpoint k."""
         with self._weights.at(self._states[k]) as model:
             grads = LossGradients(model, self.param_names_, loss_fn=self.loss_fn_,
-                                  forward_fn=self.forward_fn, batch_size=self.batch_size, progress=self.progress)
+                                  forward_fn=self.forward_fn, batch_size=self.batch_size, progress=self.progress,
+                                  head_layer=self.head_layer_)
             bs = self.batch_size
             blocks = grads.gradient_blocks(((X[s:s + bs], y[s:s + bs]) for s in range(0, len(X), bs)),
                                            total=len(X), desc=desc)
