@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._validation import PrecedentsError, check_choice, check_labels, check_scalar
+from .._validation import PrecedentsError, check_choice, check_scalar
 from ..adapters import head_adapter
 from ..adapters.torch import ForwardFn
 from ..attribution import Attribution, Measurement
@@ -238,19 +238,20 @@ class TRAK(Explainer):
     def _attribute(self, X: DataLike, labels: Any, target: Any) -> Attribution:
         """Scores (n_test, n_train) in logit-margin units: positive = the training example supports the test
         point's margin for the explained label."""
-        xs = [torch.as_tensor(x) for x, _ in self.head_.batches(X, None, name="X")]
-        if not xs:
-            raise PrecedentsError("X is empty: pass at least one test point.")
-        Xt = torch.cat(xs)
-        logits = self._logits(self.torch_model_, Xt)
-        if labels is None and isinstance(X, tuple):
-            labels = X[1]
-        chosen = labels if labels is not None else target
-        if chosen is None:                                   # not reached through attribute(): it asks for labels
+        if labels is None and target is not None:
+            labels = target
+        if labels is None and not isinstance(X, tuple):        # not reached through attribute(): it asks for labels
+            xs = [torch.as_tensor(x) for x, _ in self.head_.batches(X, None, name="X")]
+            if not xs:
+                raise PrecedentsError("X is empty: pass at least one test point.")
+            Xt = torch.cat(xs)
+            logits = self._logits(self.torch_model_, Xt)
             explained = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
-        else:
-            t = torch.as_tensor(chosen)
-            explained = check_labels(t.expand(len(Xt)) if t.ndim == 0 else t, self.n_classes_, len(Xt))
+        else:                                                  # labels mapped through the model's adapter
+            batches = self.head_.batches(X, labels, name="X", require_labels=True)
+            Xt, explained = collect_labelled(batches, self.torch_model_, self.forward_fn, "test",
+                                             "Pass attribute(X, y): TRAK explains the margin of label y.")
+            logits = self._logits(self.torch_model_, Xt)
         scores = torch.zeros(len(Xt), self.n_train_, dtype=torch.float64)
         for m, model in enumerate(self._models()):
             featurize, _ = self._featurizer(model, m)
