@@ -11,6 +11,7 @@ from .attribution import Attribution, Measurement, TopK
 from .counterfactual import counterfactuals
 from .features import feature_attributions, tcav
 from .methods import (
+    TRAK,
     Explainer,
     GradientSimilarity,
     InfluenceFunction,
@@ -36,6 +37,7 @@ __all__ = [
     "PrecedentsError",
     "RepresenterL2",
     "RepresenterLJE",
+    "TRAK",
     "TopK",
     "TracIn",
     "available_methods",

@@ -1,7 +1,8 @@
 """Evaluation beside the methods: it calls them only through their public API, as a user would."""
 
 from .flipset import FlipSetResult, FlipSets, UnlearningResult, exhaustive_flip_sets, flip_set, flip_sets, unlearn
-from .loo import LeaveOneOutResult, leave_one_out, linear_datamodeling, linear_datamodeling_score
+from .lds import LDSResult, LDSTruth, datamodeling_truth, linear_datamodeling, linear_datamodeling_score
+from .loo import LeaveOneOutResult, leave_one_out
 from .metrics import pearson, spearman
 from .mislabel import MislabelResult, detection_curve, detection_summary, fix_and_retrain, flip_labels, mislabel
 from .overlap import topk_agreement, topk_jaccard
@@ -19,6 +20,9 @@ from .sanity import SanityResult, label_randomized_model, randomize_labels, rein
 from .stability import StabilityResult, stability
 
 __all__ = [
+    "LDSResult",
+    "LDSTruth",
+    "datamodeling_truth",
     "FlipSetResult",
     "FlipSets",
     "FromScratchRetrainer",

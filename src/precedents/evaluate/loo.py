@@ -1,4 +1,4 @@
-r"""Ground truth for attribution methods: leave-one-out retraining and the linear datamodeling score (LDS).
+r"""Ground truth for attribution methods: leave-one-out retraining (the LDS: :mod:`precedents.evaluate.lds`).
 
 Sign convention (as everywhere in precedents, for loss-based methods): ``score(t, i)`` predicts the *increase*
 of test point t's loss if training example i were removed and the model retrained. The ground truth it is
@@ -22,7 +22,6 @@ with the same settings (:class:`~precedents.evaluate.results.ResultsLog`).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -38,20 +37,10 @@ from .._validation import PrecedentsError
 from ..data import model_fingerprint
 from ..linalg.functional import ForwardFn, LossFn
 from .metrics import pearson, spearman
-from .results import ResultsLog, as_test, callable_name, data_fingerprint, n_train_of, score_matrix, test_outputs
+from .results import ResultsLog, as_test, callable_name, data_fingerprint, score_matrix, test_outputs
 from .retrain import Retrainer, as_retrainer
 
-__all__ = ["Correlation", "LDSResult", "LeaveOneOutResult", "leave_one_out", "linear_datamodeling",
-           "linear_datamodeling_score"]
-
-# The names linear_datamodeling below uses, until it moves to its own module (it should use the public ones).
-_n_train, _as_test, _score_matrix, _ResultsLog, _test_outputs = n_train_of, as_test, score_matrix, ResultsLog, \
-    test_outputs
-
-
-def _fingerprint(X: torch.Tensor, y: torch.Tensor) -> str:
-    return data_fingerprint(X, y)
-
+__all__ = ["Correlation", "LeaveOneOutResult", "leave_one_out"]
 
 # ---------------------------------------------------------------------------------------------------------
 # Leave-one-out
@@ -181,90 +170,3 @@ def leave_one_out(retrain: Retrainer | Callable[[torch.Tensor], nn.Module], X_te
         torch.zeros(len(X), 0, dtype=torch.float64)
     seconds = torch.tensor([log.records[f"loo:{int(i)}"]["seconds"] for i in idx], dtype=torch.float64)
     return LeaveOneOutResult(idx, outputs - reference[:, None], reference, seconds, n)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Linear datamodeling score
-# ---------------------------------------------------------------------------------------------------------
-
-@dataclass
-class LDSResult:
-    """Linear datamodeling score and what it was computed from.
-
-    ``lds``: mean over test points of ``spearman_per_test`` (test points where it is undefined are skipped);
-    ``keep_masks`` (n_subsets, n_train); ``predicted`` (n_test, n_subsets) = the sum of the scores of the
-    examples each subset removes; ``actual`` (n_test, n_subsets) = the test output (loss or negative margin)
-    after retraining on the subset.
-    """
-
-    lds: float
-    spearman_per_test: torch.Tensor
-    keep_masks: torch.Tensor
-    predicted: torch.Tensor
-    actual: torch.Tensor
-
-    def __float__(self) -> float:
-        return self.lds
-
-
-def _subset_mask(n: int, fraction: float, seed: int, k: int) -> torch.Tensor:
-    rng = np.random.default_rng([seed, k])
-    keep = torch.zeros(n, dtype=torch.bool)
-    keep[torch.from_numpy(rng.permutation(n)[: round(fraction * n)])] = True
-    return keep
-
-
-def linear_datamodeling(retrain: Retrainer | Callable[[torch.Tensor], nn.Module], scores: Any, X_test: Any,
-                        y_test: Any, *, n_subsets: int, fraction: float = 0.5, seed: int = 0, output: str = "loss",
-                        n_train: int | None = None, results_path: str | os.PathLike | None = None,
-                        progress: bool = True, loss_fn: LossFn | None = None,
-                        forward_fn: ForwardFn | None = None) -> LDSResult:
-    r"""The linear datamodeling score (Park et al. 2023, TRAK) of loss-based attribution scores.
-
-    Draws ``n_subsets`` random subsets S_k keeping ``round(fraction * n)`` training examples (seeded by
-    ``(seed, k)``), retrains on each, and compares for every test point t
-
-        predicted(t, k) = sum_{i not in S_k} score(t, i)      (the removed examples: our sign convention)
-        actual(t, k)    = f_t(model trained on S_k)
-
-    with ``f_t`` the loss of t (``output="loss"``, ``loss_fn``, default cross-entropy) or its negative margin
-    (``output="margin"``: ``log sum_{c != y} e^{z_c} - z_y``, which a loss-unit score predicts with the same
-    sign). LDS = mean over test points of the Spearman correlation across subsets between predicted and actual.
-    The full-data model is not needed: a constant offset does not change a rank correlation. 1 = the scores
-    rank subsets exactly as retraining does; 0 = no better than chance. ``results_path`` makes it resumable
-    like :func:`leave_one_out`.
-    """
-    if output not in ("loss", "margin"):
-        raise PrecedentsError(f"output must be 'loss' or 'margin', got {output!r}.")
-    if not 0 < fraction < 1:
-        raise PrecedentsError(f"fraction must lie in (0, 1), got {fraction}.")
-    if n_subsets < 2:
-        raise PrecedentsError(f"n_subsets must be >= 2 for a rank correlation across subsets, got {n_subsets}.")
-    n = _n_train(retrain, n_train)
-    X, y = _as_test(X_test, y_test)
-    s = _score_matrix(scores, len(X), n)
-    header = {"experiment": "lds", "n_train": n, "n_test": len(X), "test": _fingerprint(X, y),
-              "fraction": fraction, "seed": seed, "output": output,
-              "loss": "default" if loss_fn is None else getattr(loss_fn, "__name__", "custom")}
-    log = _ResultsLog(results_path, header)
-    masks = torch.stack([_subset_mask(n, fraction, seed, k) for k in range(n_subsets)])
-    todo = [k for k in range(n_subsets) if f"subset:{k}" not in log.records]
-    for k in tqdm(todo, desc="LDS retrains", disable=not progress):
-        start = time.perf_counter()
-        model = retrain(masks[k].clone())
-        values = _test_outputs(model, X, y, output, loss_fn, forward_fn)
-        log.add(f"subset:{k}", values, time.perf_counter() - start, subset=k)
-    actual = torch.stack([log.output(f"subset:{k}") for k in range(n_subsets)], dim=1)
-    predicted = s @ (~masks).to(torch.float64).T
-    per_test = torch.tensor([spearman(predicted[t], actual[t]) for t in range(len(X))], dtype=torch.float64)
-    finite = per_test[~per_test.isnan()]
-    lds = float(finite.mean()) if len(finite) else math.nan
-    return LDSResult(lds, per_test, masks, predicted, actual)
-
-
-def linear_datamodeling_score(retrain: Retrainer | Callable[[torch.Tensor], nn.Module], scores: Any, X_test: Any,
-                              y_test: Any, *, n_subsets: int, fraction: float = 0.5, seed: int = 0,
-                              output: str = "loss", **kwargs: Any) -> float:
-    """The LDS as a number: :func:`linear_datamodeling` (same arguments) ``.lds``."""
-    return linear_datamodeling(retrain, scores, X_test, y_test, n_subsets=n_subsets, fraction=fraction, seed=seed,
-                               output=output, **kwargs).lds

@@ -7,6 +7,7 @@ from .perturbation import perturbation_influence, training_set_attack
 from .registry import MethodInfo, available_methods, explainer, load, method_info, register
 from .representer import RepresenterL2, RepresenterLJE
 from .tracin import GradientSimilarity, TracIn
+from .trak import TRAK
 
 __all__ = [
     "Explainer",
@@ -16,6 +17,7 @@ __all__ = [
     "NotFittedError",
     "RepresenterL2",
     "RepresenterLJE",
+    "TRAK",
     "TracIn",
     "available_methods",
     "clone",

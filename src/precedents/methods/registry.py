@@ -97,6 +97,7 @@ def _register_builtin() -> None:
     from .influence import InfluenceFunction
     from .representer import RepresenterL2, RepresenterLJE
     from .tracin import GradientSimilarity, TracIn
+    from .trak import TRAK
 
     register("rps-l2", RepresenterL2, summary="representer points of the last layer refit with an l2 penalty",
              paper="Yeh et al., NeurIPS 2018")
@@ -106,6 +107,12 @@ def _register_builtin() -> None:
                          ("lissa", "LiSSA stochastic recursion"), ("arnoldi", "top eigenpairs by Arnoldi/Lanczos")):
         register(f"influence-{solver}", InfluenceFunction, solver=solver,
                  summary=f"influence functions, {what}", paper="Koh & Liang, ICML 2017")
+    for solver, what in (("kfac", "K-FAC"), ("ekfac", "EK-FAC")):
+        register(f"influence-{solver}", InfluenceFunction, solver=solver, params="all",
+                 summary=f"influence functions over every nn.Linear / nn.Conv2d, {what} Gauss-Newton layer by layer",
+                 paper="Grosse et al. 2023 (George et al. 2018 for EK-FAC)")
+    register("trak", TRAK, summary="TRAK: projected margin gradients, kernel regression, ensembles of models",
+             paper="Park et al., ICML 2023")
     register("tracin", TracIn, summary="TracInCP: loss-gradient products summed over checkpoints",
              paper="Pruthi et al., NeurIPS 2020")
     register("grad-dot", GradientSimilarity, kind="dot", summary="loss-gradient dot product at the final weights")
