@@ -433,7 +433,10 @@ class RepresenterLJE(HeadExplainer):
         r"""``|(alpha_i f_i)_{y_i}|`` (n,): each example's representer value on itself at its own label.
 
         The anchor's gradient and the g_i use the given labels, so a mislabelled example that the model does
-        not fit stands out. Ranked by absolute value, as the authors do for dataset debugging (logit units).
+        not fit stands out. Ranked by absolute value, as the authors do for dataset debugging (logit units). For
+        debugging, the paper's undamped expansion (``damping=0``, :func:`precedents.evaluate.mislabel`'s default)
+        ranks flipped labels better than the fidelity-chosen ``damping="auto"``: ROC AUC 0.84 against 0.67 on German
+        credit with XGBoost and 5% flips (tests/test_trees.py).
         """
         self._check_fitted()
         n = len(self.features_)
