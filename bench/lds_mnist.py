@@ -71,7 +71,7 @@ def train_mlp(X: torch.Tensor, y: torch.Tensor, seed: int, *, checkpoints: list 
 
 
 def load_task() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from precedents.datasets import load_mnist, load_mnist_small
+    from precedents.demos.datasets import load_mnist, load_mnist_small
 
     X, y = load_mnist_small()
     Xt, yt = load_mnist("test")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import precedents as pc
-from precedents.datasets import load_digits
+from precedents.demos.datasets import load_digits
 from precedents.evaluate import datamodeling_truth, linear_datamodeling
 from precedents.linalg.functional import LossGradients, default_loss, select_parameters
 from precedents.linalg.kfac import KroneckerFactors
