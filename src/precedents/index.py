@@ -53,7 +53,8 @@ class Manifest(dict):
                               f"hand, truncated or written by another version of precedents. {_REBUILD}")
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -183,7 +184,7 @@ def save_index(directory: str | os.PathLike, *, method: str, params: dict[str, A
             path = folder / f"{name}.npy"
             np.save(path, array, allow_pickle=False)
             entries[name] = {"file": f"{folder.name}/{path.name}", "shape": list(array.shape),
-                             "dtype": str(array.dtype), "sha256": _sha256_file(path)}
+                             "dtype": str(array.dtype), "sha256": sha256_file(path)}
         manifest = {**meta, "format_version": FORMAT_VERSION, "library": "precedents", "method": method,
                     "params": params, "arrays": entries}
         with open(tmp_manifest, "w", encoding="utf-8") as f:
@@ -269,7 +270,7 @@ def load_index(directory: str | os.PathLike, *, verify: bool = True) -> tuple[Ma
         if not path.is_file():
             raise PrecedentsError(f"Index {root} is incomplete: {entry['file']} is missing. {_REBUILD}")
         try:
-            digest = _sha256_file(path) if verify else entry["sha256"]
+            digest = sha256_file(path) if verify else entry["sha256"]
         except OSError as err:
             raise PrecedentsError(f"Cannot read {path}: {err}.") from err
         if digest != entry["sha256"]:

@@ -49,7 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._validation import PrecedentsError
-from ..linalg.functional import LossFn, default_loss
+from ..linalg.functional import LossFn, default_loss, model_logits
 from .metrics import spearman
 
 __all__ = ["LDSResult", "LDSTruth", "datamodeling_truth", "linear_datamodeling", "linear_datamodeling_score",
@@ -184,24 +184,11 @@ class LDSTruth:
 
 def _test_logits(model: nn.Module, X: torch.Tensor, forward_fn: ForwardFn | None,
                  batch_size: int = 1024) -> torch.Tensor:
-    forward = forward_fn or (lambda m, x: m(x))
-    param = next(iter(model.parameters()), None)
-    was_training = model.training
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(X), batch_size):
-            x = X[s:s + batch_size]
-            if param is not None:
-                x = x.to(param.device)
-                x = x.to(param.dtype) if x.is_floating_point() else x
-            logits = forward(model, x)
-            if not isinstance(logits, torch.Tensor):
-                raise PrecedentsError(f"The retrained model returned a {type(logits).__name__}, not logits: pass "
-                                      "forward_fn=lambda model, x: ... selecting the logits.")
-            out.append(logits.detach().to(torch.float64).cpu().reshape(len(x), -1))
-    model.train(was_training)
-    return torch.cat(out)
+    try:
+        return model_logits(model, X, forward_fn, batch_size=batch_size).detach().to(torch.float64).cpu()
+    except (TypeError, AttributeError) as err:
+        raise PrecedentsError(f"The retrained model did not return a logits tensor ({err}): pass forward_fn= that "
+                              "selects the logits.") from err
 
 
 def _accepts_seed(fn: Callable) -> bool:

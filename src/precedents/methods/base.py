@@ -309,6 +309,17 @@ def check_common(explainer: Explainer) -> None:
         raise PrecedentsError(f"forward_fn must be a function forward_fn(model, x) -> logits, got {forward_fn!r}.")
 
 
+def check_params_spec(params: Any) -> None:
+    """``params`` of the gradient methods: ``"head"``, ``"all"`` or a non-empty list of parameter names (the
+    names themselves are checked against the model when it is read)."""
+    if isinstance(params, str):
+        if params not in ("head", "all"):
+            raise PrecedentsError(f"params must be 'head', 'all' or a list of parameter names, got {params!r}.")
+    elif not isinstance(params, (list, tuple)) or not params or not all(isinstance(p, str) for p in params):
+        raise PrecedentsError(f"params must be 'head', 'all' or a non-empty list of parameter names, got "
+                              f"{params!r}.")
+
+
 def clone(explainer: Explainer) -> Explainer:
     """An unfitted explainer with the same model and parameters (parameters are deep-copied, the model is not)."""
     if not isinstance(explainer, Explainer):

@@ -28,7 +28,7 @@ from ..data import DataLike
 from ..linalg import head_hessian, head_hvp, loss_derivatives, squared_hinge_loss, targets_from_labels
 from ..linalg.functional import LossFn, LossGradients, loss_for_link, select_parameters
 from ..linalg.ihvp import SOLVERS, InverseHVP, make_inverse
-from .base import Explainer, check_common, collect_labelled
+from .base import Explainer, check_common, check_params_spec, collect_labelled
 
 #: Training gradients are kept in memory when n * p float64 values fit in this many bytes.
 GRADIENT_CACHE_BYTES = 1024**3
@@ -196,14 +196,7 @@ class InfluenceFunction(Explainer):
             check_scalar("damping", self.damping, low=0.0, why="added to the Hessian: 'auto' or a number >= 0")
         if self.weight_decay is not None and not isinstance(self.weight_decay, (torch.Tensor, dict)):
             check_scalar("weight_decay", self.weight_decay, low=0.0)
-        if isinstance(self.params, str):
-            if self.params not in ("head", "all"):
-                raise PrecedentsError(f"params must be 'head', 'all' or a list of parameter names, got "
-                                      f"{self.params!r}.")
-        elif not isinstance(self.params, (list, tuple)) or not self.params or \
-                not all(isinstance(p, str) for p in self.params):
-            raise PrecedentsError(f"params must be 'head', 'all' or a non-empty list of parameter names, got "
-                                  f"{self.params!r}.")
+        check_params_spec(self.params)
         options = self.solver_options or {}
         if not isinstance(options, dict):
             raise PrecedentsError(f"solver_options must be a dict of the solver's options, got {options!r}.")

@@ -37,7 +37,7 @@ from ..adapters.torch import ForwardFn, TorchHead
 from ..attribution import GRADIENT_COSINE, GRADIENT_DOT, Attribution, Measurement
 from ..data import DataLike
 from ..linalg.functional import LossFn, LossGradients, default_loss, loss_for_link, select_parameters
-from .base import Explainer, check_common, collect_labelled
+from .base import Explainer, check_common, check_params_spec, collect_labelled
 
 #: Training gradients of one checkpoint are kept in memory when n * p float64 values fit in this many bytes;
 #: otherwise they are recomputed for every block of training examples that is scored.
@@ -139,14 +139,7 @@ class _GradientScores(Explainer):
 
     def _check_params(self) -> None:
         check_common(self)
-        if isinstance(self.params, str):
-            if self.params not in ("head", "all"):
-                raise PrecedentsError(f"params must be 'all', 'head' or a list of parameter names, got "
-                                      f"{self.params!r}.")
-        elif not isinstance(self.params, (list, tuple)) or not self.params or \
-                not all(isinstance(p, str) for p in self.params):
-            raise PrecedentsError(f"params must be 'all', 'head' or a non-empty list of parameter names, got "
-                                  f"{self.params!r}.")
+        check_params_spec(self.params)
 
     def _fit(self, train: DataLike, y: Any) -> None:
         """Store the training set and, when they fit in memory, the training gradients at every checkpoint."""

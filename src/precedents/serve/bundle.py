@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from .._validation import PrecedentsError
+from ..index import sha256_file
 
 FORMAT = "precedents-explorer"
 FORMAT_VERSION = 1
@@ -55,13 +56,6 @@ KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 
 _METHOD_ARRAYS = ("pos_idx", "pos_score", "neg_idx", "neg_score", "explained", "self_influence")
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _np(x: Any) -> np.ndarray:
@@ -283,7 +277,7 @@ def write_explorer_bundle(directory: str | os.PathLike, model: Any, train: tuple
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, np.ascontiguousarray(array), allow_pickle=False)
         entries[name] = {"file": f"{name}.npy", "shape": list(array.shape), "dtype": str(array.dtype),
-                         "sha256": _sha256(path)}
+                         "sha256": sha256_file(path)}
 
     try:
         put("test_display", te_disp)
