@@ -27,7 +27,17 @@ def test_explain_torchscript_writes_report_and_top_k(tmp_path, digits, digits_ml
     assert {r["test_id"] for r in rows} == {"0", "1", "2"}
     data = json.loads((tmp_path / "out" / "top_k.json").read_text())
     assert "positive" in data["sign_convention"]
-    assert "How faithful" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "How faithful" in printed and "precedents serve" in printed
+    # the explorer bundle `precedents serve` reads: the same proponents as top_k.csv for the predicted class
+    from precedents.serve.bundle import Bundle
+
+    bundle = Bundle(tmp_path / "out")
+    pred = int(bundle.test_pred[1])
+    stored = bundle.method_array("rps-l2", "pos_idx")[1, pred, :3].tolist()
+    shown = [int(r["train_index"]) for r in rows if r["method"] == "rps-l2" and r["test_id"] == "1"
+             and r["kind"] == "positive"]
+    assert stored == shown
 
 
 def test_explain_reports_bad_input_without_traceback(tmp_path, digits, digits_mlp, capsys):

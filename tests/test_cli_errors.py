@@ -149,7 +149,7 @@ def test_out_folder_rule(files, capsys):
     ours = files / "ours"
     assert main(_explain(files, "--out", str(ours))) == 0
     first = sorted(p.name for p in ours.iterdir())
-    assert first == sorted([MARKER, "report.html", "top_k.csv", "top_k.json"])
+    assert first == sorted([MARKER, "explorer", "report.html", "top_k.csv", "top_k.json"])
     assert main(_explain(files, "--out", str(ours))) == 0            # a rerun replaces its own files only
     assert sorted(p.name for p in ours.iterdir()) == first
 

@@ -18,7 +18,9 @@ from ..report import Table, build_report, precedents_table, table_text, write_ht
 from . import methods
 from .files import check_model_runs, load_arrays, load_model, prepare_out
 
-OUTPUTS = ("report.html", "top_k.csv", "top_k.json")
+#: what explain writes, and what ``precedents serve`` adds beside it (the review decisions)
+OUTPUTS = ("report.html", "top_k.csv", "top_k.json", "explorer", "review.sqlite", "review.sqlite-wal",
+           "review.sqlite-shm")
 DEFAULT_METHODS = ["rps-l2", "rps-lje"]
 
 
@@ -122,6 +124,17 @@ def _explain_torch(args: argparse.Namespace) -> int:
     for table in report.tables:
         print(table_text(table), end="\n\n")
     print(f"report: {path}\ntop-k: {out / 'top_k.csv'}, {out / 'top_k.json'}")
+    if args.explorer_points:
+        from ..serve import write_explorer_bundle
+
+        n = min(args.explorer_points, len(X_test))
+        write_explorer_bundle(out / "explorer", model, (X, y), (X_test[:n], None if y_test is None else y_test[:n]),
+                              [run.explainer for run in runs], k=max(args.k, 20), layer=args.layer,
+                              feature_maps=("saliency",) if images and args.features else (),
+                              progress=not args.quiet, title="precedents explain",
+                              data_description=f"{args.train}: {len(X)} training examples; {args.test}: the first "
+                                               f"{n} of {len(X_test)} test points")
+        print(f"explore every prediction in the browser: precedents serve {out}")
     return 0
 
 

@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overlap", type=nonneg_int, default=200,
                     help="test points for the top-k overlap table (0: skip)")
     ex.add_argument("--out", default="out/explain", help="output folder (created; refused if it holds other files)")
+    ex.add_argument("--explorer-points", type=nonneg_int, default=500,
+                    help="torch models: test points (the first N) in the explorer bundle that `precedents serve OUT` "
+                         "opens (default 500; 0 for none; it costs one attribution per class per method)")
     ex.add_argument("--features", type=feature_list, default=[], help="feature attribution beside the precedents, "
                     "comma-separated from saliency,smoothgrad,ig,occlusion,lime (needs captum; default: none)")
     ex.add_argument("--no-sensitivity", dest="sensitivity", action="store_false",
