@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from .._validation import PrecedentsError, all_finite, check_finite, check_scalar
 from ..data import Batches, DataLike, Fingerprint, make_batches, model_fingerprint, target_indices
+from ..linalg.head import link_for_outputs, n_classes_for_outputs
 
 log = logging.getLogger(__name__)
 
@@ -276,11 +277,11 @@ class LinkFromOutputs:
 
     @property
     def link(self) -> str:
-        return "sigmoid" if self.n_outputs == 1 else "softmax"
+        return link_for_outputs(self.n_outputs)
 
     @property
     def n_classes(self) -> int:
-        return 2 if self.n_outputs == 1 else self.n_outputs
+        return n_classes_for_outputs(self.n_outputs)
 
 
 class TorchModel:

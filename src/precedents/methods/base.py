@@ -41,7 +41,7 @@ from ..attribution import LOGIT, Attribution, BlockScorer, Measurement
 from ..data import DataLike, model_fingerprint
 from ..index import load_index, save_index
 from ..linalg import link_probabilities
-from ..linalg.head import ONE_OUTPUT_LINKS
+from ..linalg.head import ONE_OUTPUT_LINKS, n_classes_for_outputs
 
 
 class NotFittedError(PrecedentsError, AttributeError):
@@ -486,5 +486,5 @@ def collect_labelled(batches: Any, model: nn.Module, forward_fn: ForwardFn | Non
     if X.is_floating_point():
         check_finite(f"Inputs of the {what} examples", X)
     out = probe_logits(model, X[:8], forward_fn, what)  # shapes and dtypes checked before any gradient is taken
-    n_classes = 2 if out.ndim < 2 or out.shape[-1] == 1 else out.shape[-1]
+    n_classes = n_classes_for_outputs(1 if out.ndim < 2 else out.shape[-1])
     return X, check_labels(torch.cat(ys), n_classes, len(X))
