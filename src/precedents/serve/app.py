@@ -361,7 +361,8 @@ def create_app(bundle: Bundle | str | Path, *, db: str | Path | None = None, tok
         pages = max(1, math.ceil(d["total"] / size))
         return render(request, "review.html", d=d, nav="review", page=page, pages=pages, size=size, hide=hide)
 
-    async def verify(request: Request) -> Response:
+    def verify_args(request: Request) -> tuple[int, str, int, int, str]:
+        """The test point, method, class, number of precedents and sign of a verify request (validated)."""
         t = _test_id(b, request.path_params["t"])
         key = _method(request, b)
         c = _qint(request, "c", int(b.test_pred[t]), 0, b.n_classes - 1)
@@ -369,6 +370,10 @@ def create_app(bundle: Bundle | str | Path, *, db: str | Path | None = None, tok
         kind = request.query_params.get("kind", "positive")
         if kind not in ("positive", "negative"):
             raise HTTPException(400, "kind must be positive or negative")
+        return t, key, c, n, kind
+
+    async def verify(request: Request) -> Response:
+        t, key, c, n, kind = verify_args(request)
         result = None
         if request.query_params.get("run") == "1":
             result = await run_in_threadpool(verify_claim, ex.refitter, key, t, c, n, kind)
@@ -447,13 +452,7 @@ def create_app(bundle: Bundle | str | Path, *, db: str | Path | None = None, tok
         return JSONResponse(result)
 
     async def api_verify(request: Request) -> Response:
-        t = _test_id(b, request.path_params["t"])
-        key = _method(request, b)
-        c = _qint(request, "c", int(b.test_pred[t]), 0, b.n_classes - 1)
-        n = _qint(request, "n", min(10, b.k), 1, b.k)
-        kind = request.query_params.get("kind", "positive")
-        if kind not in ("positive", "negative"):
-            raise HTTPException(400, "kind must be positive or negative")
+        t, key, c, n, kind = verify_args(request)
         return JSONResponse(await run_in_threadpool(verify_claim, ex.refitter, key, t, c, n, kind))
 
     async def export(request: Request) -> Response:
